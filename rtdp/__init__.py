@@ -1,0 +1,3 @@
+"""rtdp: a real-time diffusion-policy control stack."""
+
+__version__ = "0.1.0"
