@@ -1,0 +1,147 @@
+"""Streaming Diffusion Policy (Høeg, Du, Egeland 2024): a rolling buffer whose noise level rises along it.
+
+Positions from `To-1` on form `h = ⌊(T-(To-1))/Ta⌋` chunks of `Ta` actions (a trailing partial chunk joins the
+last; positions before `To-1` share chunk 0); chunk j sits at inference level `k_j = N(j+1)/h - 1` of N levels
+(-1 = clean, N-1 = pure noise). Each call steps every position once per evaluation, using its own level,
+until chunk 0 is clean (N/h evaluations), returns the buffer, then shifts it by Ta and refills it to the
+staircase: the new tail with fresh noise, positions below their staircase level forward-noised up to it.
+With h = 1 every call is the plain N-step sampler, which the tests check bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rtdp.policy.samplers.base import Sampler
+from rtdp.policy.schedules import DDPMSchedule, ModelFn, NoiseSchedule, raise_level
+
+
+def chunk_index(horizon: int, n_obs_steps: int, n_action_steps: int) -> tuple[Tensor, int]:
+    """Chunk of every buffer position `[T]` and the number of chunks h."""
+    first = n_obs_steps - 1
+    h = (horizon - first) // n_action_steps
+    if h < 1:
+        raise ValueError(f"streaming needs room for one chunk: horizon {horizon} - (n_obs_steps-1) "
+                         f"= {horizon - first} < n_action_steps {n_action_steps}")
+    pos = torch.arange(horizon)
+    return ((pos - first).clamp_min(0) // n_action_steps).clamp_max(h - 1), h
+
+
+def staircase(horizon: int, n_obs_steps: int, n_action_steps: int, num_levels: int) -> Tensor:
+    """Inference level of every buffer position at the start of a call, `[T]`: ⌊N(c+1)/h⌋ - 1."""
+    chunk, h = chunk_index(horizon, n_obs_steps, n_action_steps)
+    return torch.div(num_levels * (chunk + 1), h, rounding_mode="floor") - 1
+
+
+class StreamingSampler(Sampler):
+    """SDP's rolling variable-noise buffer: `steps_per_call = N/h` evaluations per call, Ta actions out."""
+
+    name = "sdp"
+    stateful = True
+
+    def __init__(self, schedule: NoiseSchedule, horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 1,
+                 steps_per_call: int = 1, num_levels: int | None = None, stochastic: bool | None = None,
+                 buffer_init: str = "noise"):
+        super().__init__(schedule)
+        _, h = chunk_index(horizon, n_obs_steps, n_action_steps)
+        self.num_levels = num_levels or h * steps_per_call
+        if self.num_levels % h:
+            raise ValueError(f"sdp: num_levels ({self.num_levels}) must be a multiple of the number of chunks "
+                             f"h = {h} (horizon {horizon}, n_obs_steps {n_obs_steps}, n_action_steps "
+                             f"{n_action_steps}); set sampler.steps_per_call instead")
+        if buffer_init not in ("noise", "zero"):
+            raise ValueError(f"sdp: buffer_init must be 'noise' (a full first sample) or 'zero', got {buffer_init!r}")
+        self.stochastic = isinstance(schedule, DDPMSchedule) if stochastic is None else stochastic
+        if self.stochastic and not isinstance(schedule, DDPMSchedule):
+            raise ValueError("sdp: stochastic (DDPM) steps need a DDPM schedule; set sampler.stochastic=false")
+        self.horizon, self.first, self.n_chunks = horizon, n_obs_steps - 1, h
+        self.n_exec = n_action_steps
+        self.buffer_init = buffer_init
+        self.staircase = staircase(horizon, n_obs_steps, n_action_steps, self.num_levels)
+        self._table = self._level_table(schedule, self.num_levels)
+        self.x: Tensor | None = None
+        self.levels: Tensor | None = None  # [B, T] inference levels, -1 … N-1
+
+    @staticmethod
+    def _level_table(schedule: NoiseSchedule, n: int) -> Tensor:
+        """Schedule level of inference level i ∈ {-1 … N-1} at index i+1. Trailing spacing, so that the top
+        level is pure noise (it is what the fresh tail holds)."""
+        if isinstance(schedule, DDPMSchedule):
+            K = schedule.num_train_steps
+            if n > K:
+                raise ValueError(f"sdp: num_levels {n} exceeds the {K} training levels")
+            top = torch.round(torch.arange(1, n + 1) * K / n).long() - 1
+            return torch.cat([torch.tensor([-1]), top])
+        return schedule.inference_levels(n).flip(0)
+
+    def reset(self) -> None:
+        self.x, self.levels = None, None
+
+    def schedule_levels(self, levels: Tensor) -> Tensor:
+        return self._table.to(levels.device)[levels + 1]
+
+    def _sample(self, denoise_fn: ModelFn, shape, generator, device, dtype, n_executed) -> Tensor:
+        if shape[1] != self.horizon:
+            raise ValueError(f"sdp: buffer horizon is {self.horizon}, asked for chunks of {shape[1]}")
+        if self.x is None or self.x.shape != torch.Size(shape):
+            self._start(shape, generator, device, dtype)
+        while int(self.levels[:, self.first].max()) > -1:
+            k = self.schedule_levels(self.levels)
+            nxt = (self.levels - 1).clamp_min(-1)
+            k_next = self.schedule_levels(nxt)
+            x0, eps = self.predict(denoise_fn, self.x, k)
+            if self.stochastic:
+                noise = (torch.randn(shape, generator=generator, device=self.x.device, dtype=dtype)
+                         if bool((k_next >= 0).any()) else None)
+                self.x = self.schedule.ddpm_step(self.x, k, k_next, x0, noise)
+            else:
+                stepped = self.schedule.ddim_step(x0, eps, k_next)
+                self.x = torch.where((nxt < self.levels).unsqueeze(-1), stepped, self.x)
+            self.levels = nxt
+        out = self.x.clone()
+        self._advance(generator)
+        return out
+
+    def _start(self, shape, generator, device, dtype) -> None:
+        """'noise': pure noise everywhere at the top level (the first call is a full N-step sample, a one-off
+        cost); 'zero': a zero chunk noised to the staircase."""
+        B = shape[0]
+        if self.buffer_init == "noise":
+            self.x = self.schedule.prior(shape, generator=generator, device=device, dtype=dtype)
+            self.levels = torch.full((B, self.horizon), self.num_levels - 1, dtype=torch.long, device=self.x.device)
+        else:
+            self.x = torch.zeros(shape, device=device, dtype=dtype)
+            self.levels = torch.full((B, self.horizon), -1, dtype=torch.long, device=self.x.device)
+            self._refill(generator)
+
+    def _advance(self, generator) -> None:
+        """Drop the executed chunk, append Ta fresh positions, refill to the staircase."""
+        Ta, (B, _, Da) = self.n_exec, self.x.shape
+        self.x = torch.cat([self.x[:, Ta:], self.x.new_zeros(B, Ta, Da)], dim=1)
+        self.levels = torch.cat([self.levels[:, Ta:], self.levels.new_full((B, Ta), self.num_levels)], dim=1)
+        self._refill(generator)
+
+    def _refill(self, generator) -> None:
+        target = self.staircase.to(self.levels.device).expand_as(self.levels)
+        top = self.num_levels - 1
+        fresh = (target == top) & (self.levels != top)  # new tail, or raised to the top: pure noise
+        if bool(fresh.any()):
+            noise = self.schedule.prior(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
+            self.x = torch.where(fresh.unsqueeze(-1), noise, self.x)
+        up = (self.levels < target) & ~fresh
+        if bool(up.any()):
+            noise = torch.randn(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
+            raised = raise_level(self.schedule, self.x, self.schedule_levels(self.levels.clamp_max(top)),
+                                 self.schedule_levels(target), noise)
+            self.x = torch.where(up.unsqueeze(-1), raised, self.x)
+        self.levels = torch.maximum(self.levels, target).clamp_max(top)
+
+    @property
+    def nfe_per_call(self) -> int:
+        return self.num_levels // self.n_chunks
+
+    def describe(self) -> dict:
+        return {"name": self.name, "num_levels": self.num_levels, "chunks": self.n_chunks, "n_exec": self.n_exec,
+                "steps_per_call": self.nfe_per_call, "stochastic": self.stochastic,
+                "buffer_init": self.buffer_init}

@@ -1,0 +1,161 @@
+"""Streaming Diffusion Policy and RTI warm start: the reductions and invariants of ALGORITHMS.md §1–2."""
+
+import pytest
+import torch
+
+from rtdp.policy.levels import StreamingLevels, make_level_sampler
+from rtdp.policy.samplers import DDIMSampler, DDPMSampler, RTISampler, StreamingSampler, shift_and_pad, staircase
+from rtdp.policy.schedules import DDPMSchedule
+
+B, T, DA, TO = 2, 16, 2, 2
+
+
+def toy_model(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    lv = level.reshape(level.shape[0], -1, 1)
+    return 0.5 * torch.tanh(x) + 0.002 * lv * torch.cos(x)
+
+
+class Spy:
+    """Records the levels each denoiser evaluation was given."""
+
+    def __init__(self):
+        self.levels = []
+
+    def __call__(self, x, level):
+        self.levels.append(level.clone())
+        return toy_model(x, level)
+
+
+def test_streaming_with_one_chunk_is_the_full_ddpm_sampler_on_every_call():
+    schedule = DDPMSchedule()
+    sdp = StreamingSampler(schedule, horizon=T, n_obs_steps=TO, n_action_steps=8, num_levels=100)
+    assert sdp.n_chunks == 1
+    ddpm = DDPMSampler(schedule)
+    g_sdp, g_ddpm = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    for _ in range(3):
+        a = sdp.sample(toy_model, (B, T, DA), generator=g_sdp)
+        b = ddpm.sample(toy_model, (B, T, DA), generator=g_ddpm)
+        assert torch.equal(a, b)
+        assert sdp.last_nfe == ddpm.last_nfe == 100
+
+
+@pytest.mark.parametrize("ta,steps", [(1, 1), (2, 1), (2, 2), (4, 3)])
+def test_after_every_call_the_buffer_levels_are_the_staircase_and_nfe_is_n_over_h(ta, steps):
+    sdp = StreamingSampler(DDPMSchedule(), horizon=T, n_obs_steps=TO, n_action_steps=ta, steps_per_call=steps)
+    stairs = staircase(T, TO, ta, sdp.num_levels)
+    assert stairs[TO - 1] == steps - 1 and stairs[-1] == sdp.num_levels - 1
+    assert torch.all(stairs[1:] >= stairs[:-1])  # the level rises along the buffer
+    g = torch.Generator().manual_seed(1)
+    for call in range(5):
+        sdp.sample(toy_model, (B, T, DA), generator=g)
+        assert torch.equal(sdp.levels, stairs.expand(B, T))
+        if call > 0:  # the first call is a full sample of the whole buffer (a one-off N evaluations)
+            assert sdp.last_nfe == sdp.num_levels // sdp.n_chunks == steps
+
+
+def test_the_executed_actions_come_out_clean_and_the_staircase_descends_one_level_per_evaluation():
+    sdp = StreamingSampler(DDPMSchedule(), horizon=T, n_obs_steps=TO, n_action_steps=2, steps_per_call=2)
+    g = torch.Generator().manual_seed(2)
+    sdp.sample(toy_model, (B, T, DA), generator=g)
+    spy = Spy()
+    sdp.sample(spy, (B, T, DA), generator=g)
+    first, second = (sdp.schedule_levels(torch.as_tensor(lv).long()) for lv in ([1] * 1, [0]))
+    assert len(spy.levels) == 2
+    assert int(spy.levels[0][0, TO - 1]) == int(sdp.schedule_levels(torch.tensor(1)))
+    assert int(spy.levels[1][0, TO - 1]) == int(sdp.schedule_levels(torch.tensor(0)))
+    # after the last evaluation the executed chunk was stepped from level 0 to clean (-1)
+    assert int(sdp.schedule_levels(torch.tensor(0)) ) >= 0 and int(sdp.schedule_levels(torch.tensor(-1))) == -1
+    del first, second
+
+
+def test_streaming_keeps_its_buffer_across_calls_and_reset_forgets_it():
+    sdp = StreamingSampler(DDPMSchedule(), horizon=T, n_obs_steps=TO, n_action_steps=1)
+    g = torch.Generator().manual_seed(3)
+    sdp.sample(toy_model, (B, T, DA), generator=g)
+    assert sdp.last_nfe == sdp.num_levels
+    sdp.sample(toy_model, (B, T, DA), generator=g)
+    assert sdp.last_nfe == 1
+    sdp.reset()
+    sdp.sample(toy_model, (B, T, DA), generator=g)
+    assert sdp.last_nfe == sdp.num_levels
+
+
+def test_streaming_refuses_a_level_count_that_does_not_divide_into_chunks():
+    with pytest.raises(ValueError, match="multiple of the number of chunks"):
+        StreamingSampler(DDPMSchedule(), horizon=T, n_obs_steps=TO, n_action_steps=1, num_levels=20)
+
+
+def test_streaming_training_levels_stay_in_range_and_each_regime_occurs_at_its_weight():
+    weights = {"constant": 0.1, "linear": 0.2, "independent": 0.3, "chunkwise": 0.4}
+    levels = StreamingLevels(DDPMSchedule(), horizon=T, n_obs_steps=TO, n_action_steps=1, num_levels=30,
+                             weights=weights)
+    k = levels(20000, T, generator=torch.Generator().manual_seed(4))
+    assert k.shape == (20000, T) and int(k.min()) >= 0 and int(k.max()) <= 99
+    freq = torch.bincount(levels.last_regimes, minlength=4).float() / 20000
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015, rtol=0)
+    chunkwise = levels.last_regimes == 3
+    idx = levels.last_index[chunkwise]
+    offsets = staircase(T, TO, 1, 30) - idx  # one offset per sample, in {0 … N/h - 1}
+    assert torch.all(offsets == offsets[:, :1]) and set(offsets[:, 0].tolist()) == {0, 1}
+    assert torch.all(levels.last_index >= 0) and torch.all(levels.last_index <= 29)
+    uniform = make_level_sampler(None, DDPMSchedule())
+    assert uniform(7, T).shape == (7,)
+
+
+def test_rti_with_all_steps_is_the_cold_ddim_sampler_bit_for_bit():
+    schedule = DDPMSchedule()
+    rti, ddim = RTISampler(schedule, num_steps=10, warm_steps=10), DDIMSampler(schedule, num_steps=10)
+    g_rti, g_ddim = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):
+        assert torch.equal(rti.sample(toy_model, (B, T, DA), generator=g_rti),
+                           ddim.sample(toy_model, (B, T, DA), generator=g_ddim))
+
+
+def test_rti_first_call_is_a_cold_start_and_later_calls_are_warm_and_cheap():
+    schedule = DDPMSchedule()
+    rti = RTISampler(schedule, num_steps=10, warm_steps=2)
+    cold = DDIMSampler(schedule, num_steps=10).sample(toy_model, (B, T, DA), generator=torch.Generator().manual_seed(6))
+    first = rti.sample(toy_model, (B, T, DA), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(first, cold) and rti.last_nfe == 10 and not rti.last_warm
+    rti.sample(toy_model, (B, T, DA), generator=torch.Generator().manual_seed(7))
+    assert rti.last_warm and rti.last_nfe == 2 and rti.tau == 10
+    rti.reset()
+    rti.sample(toy_model, (B, T, DA))
+    assert not rti.last_warm
+
+
+def test_shift_and_pad_drops_the_executed_actions_and_repeats_the_last():
+    a = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
+    out = shift_and_pad(a, 2)
+    assert out[0, :, 0].tolist() == [2, 3, 4, 4, 4] and out[1, :, 0].tolist() == [7, 8, 9, 9, 9]
+    assert torch.equal(shift_and_pad(a, 0), a)
+    assert shift_and_pad(a, 9)[0, :, 0].tolist() == [4] * 5
+
+
+def _trusting_denoiser(target_sign: float):
+    """A denoiser that, like a trained one near the data, trusts its input at low noise: its x̂0 is a blend
+    of the input's estimate and the observation's answer (gripper = `target_sign`), weighted toward the input."""
+    schedule = DDPMSchedule(clip_sample=False)
+
+    def fn(x, level):
+        ab = schedule.abar(level, x)  # trust in the input grows with its signal fraction
+        x0 = ab.sqrt() * x + (1 - ab) * target_sign
+        return (x - ab.sqrt() * x0) / (1 - ab).clamp_min(1e-8).sqrt()
+
+    return schedule, fn
+
+
+@pytest.mark.parametrize("mode,follows", [("reinit", True), ("keep", False)])
+def test_a_gripper_flip_is_followed_within_one_step_when_the_discrete_dimension_is_reinitialised(mode, follows):
+    schedule, open_fn = _trusting_denoiser(+1.0)
+    _, close_fn = _trusting_denoiser(-1.0)
+    rti = RTISampler(schedule, num_steps=10, warm_steps=2, n_action_steps=1, discrete_dims=[0],
+                     discrete_mode=mode)
+    g = torch.Generator().manual_seed(8)
+    for _ in range(3):  # gripper open for a while
+        out = rti.sample(open_fn, (64, T, 1), generator=g)
+    assert (out[:, TO - 1, 0] == 1.0).float().mean().item() > 0.95
+    out = rti.sample(close_fn, (64, T, 1), generator=g)  # the observation now says: close
+    closed = (out[:, TO - 1, 0] == -1.0).float().mean().item()
+    assert (closed > 0.95) if follows else (closed < 0.5)
+    assert rti.last_nfe == 2 + (mode == "reinit")  # re-deciding the gripper costs one evaluation
