@@ -26,7 +26,7 @@ class UniformLevels:
     def __init__(self, schedule: NoiseSchedule):
         self.schedule = schedule
 
-    def __call__(self, batch: int, horizon: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+    def __call__(self, batch: int, horizon: int, device=None, generator: torch.Generator | None = None) -> Tensor:
         return self.schedule.sample_training_levels((batch,), generator=generator, device=device)
 
 
@@ -54,7 +54,7 @@ class StreamingLevels:
         self.last_regimes: Tensor | None = None
         self.last_index: Tensor | None = None
 
-    def __call__(self, batch: int, horizon: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+    def __call__(self, batch: int, horizon: int, device=None, generator: torch.Generator | None = None) -> Tensor:
         if horizon != self.horizon:
             raise ValueError(f"streaming levels were built for horizon {self.horizon}, got {horizon}")
         N, T = self.num_levels, horizon
