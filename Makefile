@@ -39,8 +39,9 @@ $(ROBOSUITE_VENV)/.installed: pyproject.toml
 	@if [ -z "$(PYTHON312)" ]; then echo "error: no Python 3.12 found" >&2; exit 2; fi
 	@test -x $(ROBOSUITE_VENV)/bin/python || $(PYTHON312) -m venv $(ROBOSUITE_VENV)
 	$(ROBOSUITE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(ROBOSUITE_VENV)/bin/python -m pip install --quiet "robosuite==1.5.2" "mujoco>=3.2,<3.4" "numpy<2" pyzmq msgpack "gymnasium>=1.0" rich
+	$(ROBOSUITE_VENV)/bin/python -m pip install --quiet "robosuite==1.5.2" "mujoco>=3.2,<3.4" "numpy<2" pyzmq msgpack "gymnasium>=1.0" rich pytest pytest-timeout
 	$(ROBOSUITE_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	MUJOCO_GL=egl $(ROBOSUITE_VENV)/bin/python -c "import rtdp.envs as e; e.make('robosuite/lift').reset(seed=0)"
 	@touch $@
 
 clean-venv:

@@ -34,7 +34,8 @@ class StreamingLevels:
     """Per-position levels `[B, T]` from SDP's regime mixture; `last_regimes` records each sample's regime."""
 
     def __init__(self, schedule: NoiseSchedule, horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 1,
-                 num_levels: int | None = None, weights: dict[str, float] | None = None):
+                 num_levels: int | None = None, weights: dict[str, float] | None = None,
+                 steps_per_call: int | None = None):
         weights = dict(weights or {"constant": 0.25, "chunkwise": 0.75})
         unknown = set(weights) - set(REGIMES)
         if unknown:
@@ -43,9 +44,15 @@ class StreamingLevels:
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"level regime weights must be ≥ 0 with a positive sum, got {weights}")
         _, h = chunk_index(horizon, n_obs_steps, n_action_steps)
-        self.num_levels = num_levels or getattr(schedule, "num_train_steps", h * 10)
+        if num_levels and steps_per_call and num_levels != h * steps_per_call:
+            raise ValueError(f"streaming levels: num_levels {num_levels} != h * steps_per_call = {h} * {steps_per_call}; "
+                             "set only one of them")
+        # `steps_per_call` is the sampler's knob (sampler=sdp reads it from here): N = h * steps_per_call levels.
+        self.num_levels = num_levels or (h * steps_per_call if steps_per_call else
+                                         getattr(schedule, "num_train_steps", h * 10))
         if self.num_levels % h:
             raise ValueError(f"num_levels ({self.num_levels}) must be a multiple of the number of chunks h = {h}")
+        self.n_action_steps = n_action_steps
         self.probs = w / w.sum()
         self.schedule = schedule
         self.horizon, self.n_chunks = horizon, h

@@ -21,10 +21,21 @@ def shift_and_pad(chunk: Tensor, m: int) -> Tensor:
     return torch.cat([chunk[:, m:], chunk[:, -1:].expand(-1, m, -1)], dim=1)
 
 
+def warm_steps_for_tau(grid: Sequence[float], tau: float) -> int:
+    """Warm steps that use the grid levels ≤ τ (a level of the training schedule); τ at or above the grid's top
+    level is the whole grid (a cold start)."""
+    below = [level for level in grid[:-1] if level <= tau]  # grid[-1] is the clean level
+    if not below:
+        raise ValueError(f"rti: tau={tau} is below every level of the DDIM grid {grid[:-1]}; "
+                         f"use tau >= {min(grid[:-1])}")
+    return len(below)
+
+
 class RTISampler(DDIMSampler):
     """DDIM with a warm start: `warm_steps` of the `num_steps`-step DDIM grid, from τ = its level there.
 
-    `warm_steps == num_steps` is the cold DDIM sampler exactly. The first call of an episode (no previous
+    `warm_steps == num_steps` (or τ at the grid's top level) is the cold DDIM sampler exactly; `tau` selects the
+    grid levels ≤ τ instead of counting steps. The first call of an episode (no previous
     chunk) is a cold start. Discrete dimensions (a gripper's open/close, ±1 after normalisation) resist the flip
     a warm start implies: near the data a denoiser trusts its input, so the old sign survives re-noising to a
     small τ. With `discrete_mode="reinit"` they are re-initialised from noise: one extra evaluation at the top
@@ -38,17 +49,24 @@ class RTISampler(DDIMSampler):
     stateful = True
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, warm_steps: int = 2, eta: float = 0.0,
-                 n_action_steps: int = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = "reinit"):
+                 n_action_steps: int | None = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = "reinit",
+                 tau: float | None = None):
         super().__init__(schedule, num_steps, eta)
-        if not 1 <= warm_steps <= num_steps:
-            raise ValueError(f"rti: warm_steps must be in [1, num_steps={num_steps}], got {warm_steps}")
         if discrete_mode not in ("reinit", "keep"):
             raise ValueError(f"rti: discrete_mode must be 'reinit' or 'keep', got {discrete_mode!r}")
         grid = schedule.inference_levels(num_steps).tolist()
+        if tau is not None:
+            warm_steps = warm_steps_for_tau(grid, tau)
+        if not 1 <= warm_steps <= num_steps:
+            raise ValueError(f"rti: warm_steps must be in [1, num_steps={num_steps}], got {warm_steps}")
+        if n_action_steps is not None and int(n_action_steps) < 1:
+            raise ValueError(f"rti: n_action_steps must be >= 1 (or null for the policy's), got {n_action_steps}")
         self.warm_steps = warm_steps
         self.warm_levels = grid[-(warm_steps + 1):]
         self.tau = self.warm_levels[0]
-        self.default_shift = n_action_steps
+        # Executed actions per call: set here (replan every n steps) or None to leave it to the policy.
+        self.n_exec = None if n_action_steps is None else int(n_action_steps)
+        self.default_shift = self.n_exec or 1
         self.discrete_dims = list(discrete_dims)
         self.discrete_mode = discrete_mode
         self.prev: Tensor | None = None
@@ -56,6 +74,10 @@ class RTISampler(DDIMSampler):
 
     def reset(self) -> None:
         self.prev = None
+
+    def set_previous(self, chunk: Tensor) -> None:
+        """Warm-start the next call from `chunk` (normalised, `[B, T, Da]`), e.g. to calibrate τ offline."""
+        self.prev = chunk.detach().clone()
 
     def _sample(self, denoise_fn: ModelFn, shape, generator, device, dtype, n_executed) -> Tensor:
         cold = self.prev is None or self.prev.shape != torch.Size(shape) or self.warm_steps == self.num_steps
@@ -79,4 +101,5 @@ class RTISampler(DDIMSampler):
 
     def describe(self) -> dict:
         return {"name": self.name, "num_steps": self.num_steps, "warm_steps": self.warm_steps, "tau": self.tau,
+                "n_action_steps": self.n_exec,
                 "discrete_dims": self.discrete_dims, "discrete_mode": self.discrete_mode}

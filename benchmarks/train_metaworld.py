@@ -1,0 +1,26 @@
+"""Meta-World pick-place-v3 from 50 scripted demonstrations (state observations): success vs training time.
+
+Target: success >= 90% on 50 seeds. Data first: `rtdp collect task=metaworld/pick-place-v3 episodes=50 out=runs/data/metaworld_pick_place.zarr`.
+
+    .venv/bin/python benchmarks/train_metaworld.py [--minutes 12] [--eval-only]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_bench import main
+
+DEFAULTS = ["--task", "metaworld_pick_place", "--policy", "unet1d", "--minutes", "12", "--ckpt-minutes", "4", "--target", "0.9",
+            "--target-metric", "success rate", "--out", "runs/bench/train_metaworld"]
+HPARAMS = ["num_threads=1", "training.batch_size=64", "policy.optim.lr=2e-4", "training.warmup_steps=200",
+           "training.val_every=1000", "training.val_ratio=0.05"]
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    extra = [a for a in argv if "=" in a and not a.startswith("--")]
+    flags = [a for a in argv if a not in extra]
+    sys.exit(main(DEFAULTS + flags + HPARAMS + extra))

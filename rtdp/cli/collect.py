@@ -1,0 +1,103 @@
+"""`rtdp collect task=ID episodes=N out=PATH.zarr [seed=0] [obs_mode=...] [keep_failed=false] [max_steps=...]
+[key=value ...]`: scripted-expert demonstrations into a ReplayBuffer (resumable: re-run to append up to N).
+
+Any other `key=value` is passed to the env constructor (e.g. `control=ee_abs` for arm-lift).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rtdp.cli.main import CLIError
+
+USAGE = ("rtdp collect task=ID episodes=N out=PATH.zarr [seed=0] [obs_mode=MODE] [keep_failed=false] "
+         "[max_steps=N] [progress=true] [env key=value ...]")
+
+
+def parse_value(text: str) -> Any:
+    """`3` -> 3, `0.5` -> 0.5, `true` -> True, `none` -> None, anything else stays a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_kv(argv: list[str], usage: str) -> dict[str, Any]:
+    """`key=value` arguments into a dict (values typed by `parse_value`); anything else is a usage error."""
+    out: dict[str, Any] = {}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            raise SystemExit(print(usage) or 0)
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise CLIError(f"expected key=value, got {arg!r}; usage: {usage}")
+        out[key.lstrip("-").replace("-", "_")] = parse_value(value)
+    return out
+
+
+def _int(args: dict[str, Any], key: str, default: int | None = None) -> int | None:
+    value = args.pop(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CLIError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def task_args(args: dict[str, Any], usage: str) -> tuple[str, str | None]:
+    """Pop and check `task=` and `obs_mode=`: unknown tasks list the known ones, unknown modes the task's modes."""
+    from rtdp.envs import check_obs_mode, get_spec
+    from rtdp.envs.errors import UnknownTaskError
+
+    task = args.pop("task", None)
+    if task is None:
+        raise CLIError(f"missing task=ID; usage: {usage}")
+    task = str(task)
+    try:
+        get_spec(task)
+    except UnknownTaskError as err:
+        raise CLIError(str(err)) from None
+    obs_mode = args.pop("obs_mode", None)
+    try:
+        obs_mode = check_obs_mode(task, None if obs_mode is None else str(obs_mode))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return task, obs_mode
+
+
+def main(argv: list[str]) -> int:
+    from rtdp.envs.errors import MissingDependencyError
+
+    args = parse_kv(argv, USAGE)
+    task, obs_mode = task_args(args, USAGE)
+    episodes = _int(args, "episodes")
+    if episodes is None or episodes < 1:
+        raise CLIError(f"episodes=N (N >= 1) is required; usage: {USAGE}")
+    out = args.pop("out", None)
+    if out is None:
+        raise CLIError(f"missing out=PATH.zarr; usage: {USAGE}")
+    out = Path(str(out))
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"out={out} is a file, not a replay buffer directory; choose another path")
+    seed = _int(args, "seed", 0)
+    max_steps = _int(args, "max_steps")
+    keep_failed = bool(args.pop("keep_failed", False))
+    progress = bool(args.pop("progress", True))
+    from rtdp.envs.collect import collect
+
+    try:
+        summary = collect(task, episodes, out, seed=seed, obs_mode=obs_mode, keep_failed=keep_failed,
+                          progress=progress, max_steps=max_steps, env_kwargs=args)
+    except (MissingDependencyError, ValueError, TypeError) as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,77 @@
+"""`rtdp eval task=ID [agent=expert | checkpoint=PATH] episodes=50 seed=0 n_envs=2 out=DIR [video=N]
+[obs_mode=...] [max_steps=N] [overrides ...]`: seeded, vectorised evaluation; writes eval.json, eval.png, videos.
+
+With `checkpoint=PATH` every remaining `key=value` is a hydra-style override for the policy
+(`sampler=ddim sampler.num_steps=10`); with `agent=expert` they go to the env constructor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rtdp.cli.collect import _int, parse_kv, task_args
+from rtdp.cli.main import CLIError
+
+USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] [episodes=50] [seed=0] [n_envs=2] out=DIR "
+         "[video=N] [obs_mode=MODE] [max_steps=N] [progress=true] [overrides ...]")
+
+
+def main(argv: list[str]) -> int:
+    from rtdp.envs.errors import MissingDependencyError
+
+    raw = {a.partition("=")[0].lstrip("-"): a.partition("=")[2] for a in argv if "=" in a}
+    args = parse_kv(argv, USAGE)
+    task, obs_mode = task_args(args, USAGE)
+    episodes = _int(args, "episodes", 50)
+    n_envs = _int(args, "n_envs", 2)
+    seed = _int(args, "seed", 0)
+    videos = _int(args, "video", 0)
+    max_steps = _int(args, "max_steps")
+    if episodes < 1 or n_envs < 1 or videos < 0:
+        raise CLIError(f"episodes and n_envs must be >= 1 and video >= 0; usage: {USAGE}")
+    out = args.pop("out", None)
+    if out is None:
+        raise CLIError(f"missing out=DIR; usage: {USAGE}")
+    out = Path(str(out))
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"out={out} is a file; give a directory for eval.json, eval.png and videos")
+    progress = bool(args.pop("progress", True))
+    checkpoint = args.pop("checkpoint", None)
+    agent_name = args.pop("agent", None if checkpoint is not None else "expert")
+    if checkpoint is not None and agent_name is not None:
+        raise CLIError("give either agent=expert or checkpoint=PATH, not both")
+    env_kwargs: dict = {}
+    if checkpoint is not None:
+        path = Path(str(checkpoint))
+        if not path.exists():
+            raise CLIError(f"checkpoint={path} does not exist")
+        try:
+            from rtdp.train.checkpoint import load_policy
+        except ImportError as err:
+            raise CLIError(f"cannot load checkpoints: rtdp.train.checkpoint is unavailable ({err})") from None
+        overrides = [f"{k}={raw.get(k, v)}" for k, v in args.items()]
+        try:
+            agent = load_policy(path, overrides)
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            raise CLIError(f"cannot load {path}: {err}") from None
+    elif agent_name == "expert":
+        from rtdp.envs.experts import make_expert
+
+        env_kwargs = args
+        try:
+            agent = make_expert(task, **{k: v for k, v in args.items() if k == "control"})
+        except (MissingDependencyError, ValueError) as err:
+            raise CLIError(str(err)) from None
+    else:
+        raise CLIError(f"unknown agent={agent_name!r}: use agent=expert or checkpoint=PATH")
+    from rtdp.envs.evaluate import evaluate
+
+    try:
+        rec = evaluate(agent, task, n_episodes=episodes, seed=seed, n_envs=n_envs, obs_mode=obs_mode,
+                       max_steps=max_steps, n_videos=videos, progress=progress, env_kwargs=env_kwargs,
+                       out_dir=out)
+    except (MissingDependencyError, ValueError, TypeError) as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(rec["summary"]))
+    return 0

@@ -1,0 +1,189 @@
+"""`rtdp run (checkpoint=PATH | agent=expert) env=ID|tcp://HOST:PORT [mode=async] [hz=10] ...`: run a policy
+in the fixed-rate control loop against a local or remote env, write metrics JSON + a timing plot, and
+optionally record the episodes into a replay buffer.
+
+Keys: checkpoint, agent (expert or package.module:factory), env (rtdp id, tcp:// address of
+`rtdp serve-env`, or package.module:factory), task (the rtdp id of a remote env, for agent=expert),
+obs_mode, mode (sync|async), hz, episodes, max_steps, seed, out (run directory), record (zarr path),
+timeout (remote reply timeout, s), retries. Any other key=value is a policy override
+(`sampler=ddim`, `sampler.num_steps=10`, ...) passed to the checkpoint loader.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+from rtdp.cli.main import CLIError
+
+USAGE = ("rtdp run (checkpoint=PATH | agent=expert) env=pusht|tcp://127.0.0.1:5555 [mode=sync|async] [hz=10] "
+         "[episodes=1] [max_steps=300] [seed=0] [out=DIR] [record=PATH.zarr] [sampler overrides ...]")
+KEYS = {"checkpoint", "agent", "env", "task", "obs_mode", "mode", "hz", "episodes", "max_steps", "seed",
+        "out", "record", "timeout", "retries", "spin"}
+
+
+def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Split `key=value` arguments into run options and policy overrides."""
+    opts: dict[str, str] = {}
+    overrides: list[str] = []
+    for item in argv:
+        if item in ("-h", "--help"):
+            print(__doc__)
+            raise SystemExit(0)
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CLIError(f"expected key=value, got {item!r}; usage: {USAGE}")
+        (opts.__setitem__(key, value) if key in KEYS else overrides.append(item))
+    return opts, overrides
+
+
+def _number(opts: dict[str, str], key: str, default: float, cast=float, lo: float | None = None,
+            hi: float | None = None):
+    raw = opts.get(key)
+    try:
+        value = cast(raw) if raw is not None else default
+    except ValueError:
+        raise CLIError(f"{key}={raw!r} is not a number") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise CLIError(f"{key}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _factory(path: str):
+    mod, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as err:
+        raise CLIError(f"cannot load {path!r}: {err}; give package.module:callable") from None
+
+
+def make_env(opts: dict[str, str]):
+    """The env: a RemoteEnv for tcp://, ipc://; a factory path; or an rtdp task id."""
+    env_id = opts.get("env")
+    if not env_id:
+        raise CLIError(f"no env given: add env=pusht or env=tcp://127.0.0.1:5555; usage: {USAGE}")
+    if "://" in env_id:
+        from rtdp.hardware.client import RemoteEnv, ServerGone
+
+        try:
+            return RemoteEnv(env_id, timeout_s=_number(opts, "timeout", 2.0, lo=0.001),
+                             retries=_number(opts, "retries", 2, int, lo=0))
+        except ServerGone as err:
+            raise CLIError(str(err)) from None
+    if ":" in env_id:
+        return _factory(env_id)()
+    from rtdp.envs import make
+
+    try:
+        return make(env_id, obs_mode=opts.get("obs_mode"))
+    except Exception as err:  # unknown id, bad obs_mode, missing simulator: all user-fixable
+        raise CLIError(f"cannot make env {env_id!r}: {err}") from None
+
+
+def make_agent(opts: dict[str, str], overrides: list[str]):
+    """The agent: a checkpoint's policy, a task's scripted expert, or a factory path."""
+    ckpt, agent = opts.get("checkpoint"), opts.get("agent")
+    if bool(ckpt) == bool(agent):
+        raise CLIError(f"give exactly one of checkpoint=PATH or agent=expert; usage: {USAGE}")
+    if overrides and not ckpt:
+        raise CLIError(f"unknown options {overrides} (policy overrides need checkpoint=...); usage: {USAGE}")
+    if ckpt:
+        if not Path(ckpt).exists():
+            raise CLIError(f"checkpoint {ckpt} does not exist: give a file or run directory from `rtdp train`")
+        from rtdp.train.checkpoint import load_policy  # torch is imported only on this path
+
+        try:
+            return load_policy(ckpt, overrides)
+        except Exception as err:
+            raise CLIError(f"cannot load checkpoint {ckpt} with {overrides}: {err}") from None
+    if agent == "expert":
+        task = opts.get("task") or opts.get("env", "")
+        if "://" in task:
+            raise CLIError("agent=expert with a remote env needs task=<rtdp id> to pick the expert")
+        from rtdp.envs.experts import make_expert
+
+        try:
+            return make_expert(task)
+        except Exception as err:
+            raise CLIError(f"no expert for {task!r}: {err}") from None
+    if ":" in agent:
+        return _factory(agent)()
+    raise CLIError(f"agent={agent!r}: use agent=expert or agent=package.module:factory")
+
+
+def main(argv: list[str]) -> int:
+    opts, overrides = parse(argv)
+    mode = opts.get("mode", "async")
+    if mode not in ("sync", "async"):
+        raise CLIError(f"mode={mode!r}: use mode=sync or mode=async")
+    hz = _number(opts, "hz", 10.0, lo=1.0, hi=500.0)
+    episodes = _number(opts, "episodes", 1, int, lo=1)
+    max_steps = _number(opts, "max_steps", 300, int, lo=1)
+    seed = _number(opts, "seed", 0, int)
+    spin = _number(opts, "spin", 0.001, lo=0.0, hi=0.05)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(opts.get("out") or f"runs/run-{stamp}")
+    record = opts.get("record")
+
+    agent = make_agent(opts, overrides)
+    env = make_env(opts)
+    recorder = None
+    if record:
+        from rtdp.datasets import ReplayBufferError
+        from rtdp.control.recorder import EpisodeRecorder
+
+        try:
+            recorder = EpisodeRecorder(record)
+        except ReplayBufferError as err:
+            raise CLIError(f"cannot record to {record}: {err}") from None
+
+    from rich.progress import Progress
+
+    from rtdp import metrics
+    from rtdp.control.loop import ControlLoop
+    from rtdp.control.report import plot_timing, summarize
+    from rtdp.hardware.client import EpisodeLost, RemoteEnvError, ServerGone
+
+    loop = ControlLoop(env, agent, hz=hz, mode=mode, max_steps=max_steps, spin_s=spin,
+                       record_data=recorder is not None)
+    results, failure = [], None
+    t_start = time.perf_counter()
+    try:
+        with Progress(transient=True) as progress:
+            bar = progress.add_task(f"{mode} @ {hz:g} Hz", total=episodes)
+            for i in range(episodes):
+                try:
+                    ep = loop.run_episode(seed=seed + i)
+                except (ServerGone, EpisodeLost, RemoteEnvError) as err:
+                    failure = f"episode {i} aborted: {err}"
+                    break
+                results.append(ep)
+                if recorder is not None:
+                    recorder.add(ep)  # committed now: a later failure cannot lose it
+                progress.advance(bar)
+    finally:
+        loop.close()
+        env.close()
+    summary = summarize(results)
+    config = {"mode": mode, "hz": hz, "episodes": episodes, "max_steps": max_steps, "seed": seed,
+              "env": opts.get("env"), "checkpoint": opts.get("checkpoint"), "agent": opts.get("agent"),
+              "overrides": overrides, "record": record}
+    metrics.write_json(out / "metrics.json", metrics.record("control_run", config=config, summary=summary,
+                                                            failure=failure,
+                                                            wall_s=time.perf_counter() - t_start))
+    if results and results[0].steps:
+        plot_timing(results[0], out / "timing.png", summary)
+    if results:
+        pe = summary["period_error"]
+        print(f"rtdp run: {len(results)} episode(s), success {summary['success_rate']:.2f}, period error "
+              f"p50/p99 {pe['p50_ms']:.3f}/{pe['p99_ms']:.3f} ms, {summary['deadline_misses']} deadline misses, "
+              f"inference p50 {summary['inference_latency']['p50_ms']:.1f} ms -> {out}/metrics.json")
+    if recorder is not None:
+        print(f"rtdp run: recorded {recorder.recorded} episode(s) to {record} ({recorder.n_episodes} in store)")
+    if failure:
+        print(f"rtdp run: error: {failure}", flush=True)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Hydra configs shipped inside the package: train.yaml and the policy/, task/ and sampler/ groups."""

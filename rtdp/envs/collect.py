@@ -1,0 +1,152 @@
+"""Scripted-expert demonstrations into a ReplayBuffer: seeded, successful episodes only by default, resumable.
+
+Attempt k uses seed `seed + k`. Which seeds were tried and kept is written beside the data
+(`<out>/collect.json`, atomically), so re-running the same command appends until the buffer holds N
+episodes and reproduces exactly what one uninterrupted run would have written. The seed being added is
+recorded as `pending` before its episode is appended and cleared after, so a crash between the two is
+resolved on the next run by looking at the buffer's committed episode count.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtdp import metrics
+
+STATE_FILE = "collect.json"
+
+
+def rollout(env, agent, seed: int, max_steps: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One episode of `agent` (batch of 1) in `env`: observations before each action, the actions, outcome."""
+    obs, info = env.reset(seed=seed)
+    agent.reset()
+    frames: dict[str, list[np.ndarray]] = {k: [] for k in obs}
+    actions: list[np.ndarray] = []
+    window = {k: np.repeat(np.asarray(v)[None, None], agent.n_obs_steps, axis=1) for k, v in obs.items()}
+    success, max_cov, steps = bool(info.get("success", False)), info.get("coverage"), 0
+    done = False
+    while not done:
+        chunk = agent.act(window)
+        for action in np.asarray(chunk.executable)[0]:
+            for k, v in obs.items():
+                frames[k].append(np.asarray(v))
+            actions.append(np.asarray(action, dtype=np.float32))
+            obs, _, terminated, truncated, info = env.step(action)
+            steps += 1
+            success |= bool(info.get("success", False))
+            if "coverage" in info:
+                max_cov = max(max_cov or 0.0, float(info["coverage"]))
+            for k, v in obs.items():
+                window[k] = np.concatenate([window[k][:, 1:], np.asarray(v)[None, None]], axis=1)
+            done = terminated or truncated or (max_steps is not None and steps >= max_steps)
+            if done:
+                break
+    episode = {k: np.stack(v) for k, v in frames.items()}
+    episode["action"] = np.stack(actions)
+    outcome = {"seed": seed, "success": success, "length": steps}
+    if max_cov is not None:
+        outcome["max_coverage"] = max_cov
+    return episode, outcome
+
+
+def _load_state(out: Path, task_id: str, obs_mode: str, seed: int, keep_failed: bool) -> dict[str, Any]:
+    path = out / STATE_FILE
+    fresh = {"task": task_id, "obs_mode": obs_mode, "seed": seed, "keep_failed": keep_failed,
+             "next_attempt": 0, "kept": [], "failed": [], "pending": None}
+    if not path.exists():
+        return fresh
+    state = json.loads(path.read_text())
+    for key in ("task", "obs_mode", "seed", "keep_failed"):
+        if state.get(key) != fresh[key]:
+            raise ValueError(f"{out} was collected with {key}={state.get(key)!r}, not {fresh[key]!r}: "
+                             f"use the same settings to resume, or a new out= path")
+    return state
+
+
+def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_mode: str | None = None,
+            keep_failed: bool = False, progress: bool = True, max_steps: int | None = None,
+            max_attempts: int | None = None, env_kwargs: dict[str, Any] | None = None,
+            expert_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the task's scripted expert until `out` (a zarr ReplayBuffer) holds `n_episodes` episodes.
+
+    Keys written: the env's observation keys + `action`. Returns a summary (also in `<out>/collect.json`).
+    """
+    from rtdp.datasets.replay_buffer import ReplayBuffer
+    from rtdp.envs import check_obs_mode, make
+    from rtdp.envs.experts import make_expert
+
+    if n_episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {n_episodes}")
+    obs_mode = check_obs_mode(task_id, obs_mode)
+    agent = make_expert(task_id, **(expert_kwargs or {}))
+    out = Path(out)
+    buf = ReplayBuffer.open(out, mode="a") if out.exists() else ReplayBuffer.create(out)
+    state = _load_state(out, task_id, obs_mode, seed, keep_failed)
+    if state["pending"] is not None:  # a crash between "about to add" and "added": the buffer decides
+        if buf.n_episodes == len(state["kept"]) + 1:
+            state["kept"].append(state["pending"])
+            state["next_attempt"] = state["pending"]["seed"] - seed + 1
+        state["pending"] = None
+    if buf.n_episodes != len(state["kept"]):
+        raise ValueError(f"{out} holds {buf.n_episodes} episodes but {STATE_FILE} lists {len(state['kept'])}: "
+                         "it was written by something else; collect into a new out= path")
+    max_attempts = max_attempts or 10 * n_episodes + 20
+    kw = dict(env_kwargs or {})
+    if max_steps is not None:
+        kw["max_episode_steps"] = max_steps
+    env = make(task_id, obs_mode=obs_mode, **kw)
+    try:
+        with _Bar(progress, n_episodes, buf.n_episodes, task_id) as bar:
+            while buf.n_episodes < n_episodes:
+                if state["next_attempt"] >= max_attempts:
+                    raise RuntimeError(f"the {task_id} expert succeeded in only {len(state['kept'])} of "
+                                       f"{state['next_attempt']} attempts; pass keep_failed=true or check the task")
+                s = seed + state["next_attempt"]
+                episode, outcome = rollout(env, agent, s, max_steps)
+                state["next_attempt"] += 1
+                if outcome["success"] or keep_failed:
+                    state["pending"] = outcome
+                    metrics.write_json(out / STATE_FILE, state)
+                    buf.add_episode(episode)
+                    state["kept"].append(outcome)
+                    state["pending"] = None
+                    bar.advance()
+                else:
+                    state["failed"].append(outcome)
+                metrics.write_json(out / STATE_FILE, state)
+    finally:
+        env.close()
+    n_tried = state["next_attempt"]
+    n_success = sum(o["success"] for o in state["kept"] + state["failed"])
+    return {"task": task_id, "obs_mode": obs_mode, "out": str(out), "n_episodes": buf.n_episodes,
+            "n_steps": buf.n_steps, "attempts": n_tried, "expert_success_rate": n_success / max(n_tried, 1),
+            "keys": buf.keys()}
+
+
+class _Bar:
+    """A rich progress bar over kept episodes (resumed runs start at the count already there)."""
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str):
+        self.enabled, self.total, self.done, self.label = enabled, total, done, label
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import Progress
+
+            self.p = Progress()
+            self.p.start()
+            self.task = self.p.add_task(f"collect {self.label}", total=self.total, completed=self.done)
+        return self
+
+    def advance(self) -> None:
+        if self.enabled:
+            self.p.advance(self.task)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.stop()
+        return False

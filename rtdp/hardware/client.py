@@ -1,0 +1,167 @@
+"""`RemoteEnv`: a gymnasium env whose reset/step run in an `EnvServer` on another process or machine.
+
+Requests follow ZeroMQ's "lazy pirate" pattern: wait `timeout_s` for the reply, and if none comes, close
+the socket, open a fresh one and resend the *same* sequence number, up to `retries` times. The server
+answers a repeated sequence number from its reply cache, so a retried step is never executed twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import zmq
+
+from rtdp.hardware import protocol as P
+from rtdp.hardware.spaces import space_from_dict
+
+
+class RemoteEnvError(RuntimeError):
+    """The server answered with an error; `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class EpisodeLost(RemoteEnvError):
+    """The server restarted (or evicted this client) mid-episode: the episode is gone, call reset()."""
+
+
+class ServerGone(ConnectionError):
+    """No reply after every retry: the server is down, unreachable or hung."""
+
+
+class RemoteEnv(gym.Env):
+    """A gymnasium env served by `rtdp serve-env` (or an `EnvServer`) at `address`."""
+
+    def __init__(self, address: str, *, timeout_s: float = 2.0, retries: int = 2,
+                 client_id: str | None = None, context: zmq.Context | None = None):
+        self.address, self.timeout_s, self.retries = address, float(timeout_s), int(retries)
+        self.client_id = client_id or uuid.uuid4().hex
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self._seq = 0
+        self.reconnects = 0
+        self.last_timing: dict[str, int] = {}
+        self.last_capture_ns: int | None = None  # when the last observation was taken, in this host's clock
+        self.server_id: str | None = None
+        self._in_episode = False
+        info = self.hello()
+        self.observation_space = space_from_dict(info["observation_space"])
+        self.action_space = space_from_dict(info["action_space"])
+        self.metadata = {**info.get("metadata", {}), "render_modes": []}  # rendering stays server-side
+        self.render_mode = None
+        self.server_info = info
+
+    # -- transport -------------------------------------------------------------------------------------
+    def _connect(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            # Blocking receive with a timeout rather than poll-then-receive: one system call fewer per step.
+            sock.setsockopt(zmq.RCVTIMEO, max(int(self.timeout_s * 1000), 1))
+            sock.connect(self.address)
+            self._sock = sock
+        return self._sock
+
+    def _drop_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def request(self, kind: str, body: dict[str, Any] | None = None) -> P.Message:
+        """Send one request and return its reply, retrying on timeout; raise on an error reply."""
+        self._seq += 1
+        seq = self._seq
+        # The empty first frame is the delimiter a REQ socket would send: it lets proxies route replies.
+        frames = [b"", *P.encode(kind, seq, {"client": self.client_id, **(body or {})})]
+        timeout_ns = max(int(self.timeout_s * 1e9), 1_000_000)
+        for attempt in range(self.retries + 1):
+            sock = self._connect()
+            t_send = P.now_ns()
+            deadline = t_send + timeout_ns
+            sock.send_multipart(frames, copy=P.copy_flag(frames))
+            while P.now_ns() < deadline:
+                try:
+                    parts = sock.recv_multipart(copy=False)
+                except zmq.Again:
+                    break
+                if parts and len(parts[0]) == 0:
+                    parts = parts[1:]
+                reply = P.decode(parts)
+                if reply.seq != seq:
+                    continue  # a late answer to an earlier, abandoned attempt
+                t_recv = P.now_ns()
+                self.last_timing = {"client_sent": t_send, "client_recv": t_recv,
+                                    **{f"server_{k}": v for k, v in reply.ts.items()}}
+                if reply.type == P.ERROR:
+                    self._raise(reply)
+                return reply
+            # Lazy pirate: the socket may hold a half-dead connection; a fresh one reconnects cleanly.
+            self._drop_socket()
+            self.reconnects += 1
+        self._in_episode = False
+        raise ServerGone(f"env server at {self.address} did not answer {kind!r} (seq {seq}) within "
+                         f"{self.timeout_s:g}s on {self.retries + 1} tries: is `rtdp serve-env` running "
+                         "there and reachable?")
+
+    def _raise(self, reply: P.Message) -> None:
+        code = reply.body.get("code", P.E_INTERNAL)
+        message = reply.body.get("message", "error reply without a message")
+        server = reply.body.get("server")
+        if code == P.E_NO_EPISODE and self._in_episode:
+            self._in_episode = False
+            why = "restarted" if server != self.server_id else "dropped this client's episode"
+            raise EpisodeLost(code, f"env server at {self.address} {why} mid-episode; the episode is lost: "
+                                    "call reset() to start a new one")
+        raise RemoteEnvError(code, f"env server at {self.address}: {message}")
+
+    # -- gymnasium API ---------------------------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        """Ask the server for its spaces, version and counters."""
+        info = self.request(P.HELLO).body
+        self.server_id = info.get("server")
+        return info
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        reply = self.request(P.RESET, {"seed": seed, "options": options})
+        self.server_id = reply.body.get("server", self.server_id)
+        self._in_episode = True
+        self._note_capture()
+        return reply.body["obs"], reply.body.get("info", {})
+
+    def step(self, action: Any):
+        reply = self.request(P.STEP, {"action": np.asarray(action)})
+        b = reply.body
+        self._note_capture()
+        return b["obs"], b["reward"], b["terminated"], b["truncated"], b.get("info", {})
+
+    def observe(self) -> Any:
+        """The server's latest observation, without stepping."""
+        reply = self.request(P.OBSERVE)
+        self._note_capture()
+        return reply.body["obs"]
+
+    def close(self) -> None:
+        if self._sock is not None:
+            retries, timeout = self.retries, self.timeout_s
+            self.retries, self.timeout_s = 0, min(self.timeout_s, 0.2)
+            self._sock.setsockopt(zmq.RCVTIMEO, max(int(self.timeout_s * 1000), 1))
+            try:
+                self.request(P.CLOSE)
+            except (ServerGone, RemoteEnvError):
+                pass  # closing a gone server is not an error
+            finally:
+                self.retries, self.timeout_s = retries, timeout
+                self._drop_socket()
+        super().close()
+
+    def _note_capture(self) -> None:
+        """Map the server's capture time into this host's clock using only durations (no clock sync)."""
+        t = self.last_timing
+        held = t.get("server_sent", 0) - t.get("server_capture", t.get("server_sent", 0))
+        self.last_capture_ns = t["client_recv"] - max(held, 0)

@@ -1,0 +1,234 @@
+"""The rtdp wire protocol: a msgpack envelope plus numpy arrays as raw frames (numpy, pyzmq, msgpack only).
+
+A message is one ZeroMQ multipart message: frame 0 is the msgpack envelope
+`{"v": version, "type": str, "seq": int, "ts": {name: ns}, "body": {...}}`; frames 1..n are the raw bytes
+of numpy arrays. Inside `body` an array is the placeholder `{"__nd__": [frame, dtype, shape]}` (frame
+1 is index 0; dtype is numpy's `dtype.str`, e.g. "<f4"); arrays of at most 1 KiB put their bytes in place
+of the frame index. Sockets that keep only the latest message
+(CONFLATE) cannot carry multipart messages, so `pack`/`unpack` lay the same frames out in one frame.
+See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+# Request types (client -> server) and one-way types; a reply carries its request's type, or "error".
+HELLO, INFO = "hello", "info"
+RESET, STEP, OBSERVE, CLOSE = "reset", "step", "observe", "close"
+COMMAND, STATE = "command", "state"
+ERROR = "error"
+MESSAGE_TYPES = frozenset({HELLO, INFO, RESET, STEP, OBSERVE, CLOSE, COMMAND, STATE, ERROR})
+
+# Error codes carried by an "error" reply's body["code"].
+E_MALFORMED = "malformed"  # not a message of this protocol (bad envelope, frame count, array sizes)
+E_VERSION = "version"  # protocol version mismatch
+E_UNKNOWN_TYPE = "unknown_type"
+E_OVERSIZED = "oversized"
+E_BAD_ACTION = "bad_action"  # action of the wrong dtype or shape for the env's action space
+E_NO_EPISODE = "no_episode"  # step/observe before reset (e.g. after the server restarted)
+E_ENV = "env_error"  # the env raised
+E_INTERNAL = "internal"
+
+# Array dtypes allowed on the wire: plain numbers only (no object/void dtypes that could smuggle code).
+_WIRE_KINDS = frozenset("biuf")
+INLINE_MAX_BYTES = 1024  # arrays up to this size ride inside the envelope (see `encode`)
+COPY_THRESHOLD = 65536  # messages with a frame at least this large are sent zero-copy
+_ND = "__nd__"
+_PACK_HEADER = struct.Struct("<I")  # packed form: u32 length of each frame before it
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; `code` is the error code to reply with."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Message:
+    """A decoded message: envelope fields, with arrays put back in place inside `body`."""
+
+    type: str
+    seq: int = 0
+    body: dict[str, Any] = field(default_factory=dict)
+    ts: dict[str, int] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+    nbytes: int = 0
+
+
+def now_ns() -> int:
+    """The protocol clock: CLOCK_MONOTONIC in ns (comparable between processes on one host only)."""
+    return time.perf_counter_ns()
+
+
+def encode(msg_type: str, seq: int = 0, body: dict[str, Any] | None = None,
+           ts: dict[str, int] | None = None, inline_max: int = INLINE_MAX_BYTES) -> list:
+    """Frames of one message: the envelope, then each array's buffer (sent zero-copy by `copy=False`).
+
+    Arrays of at most `inline_max` bytes travel inside the envelope as msgpack bin instead of a frame of
+    their own: every extra frame costs several µs in pyzmq and libzmq, far more than copying a few hundred
+    bytes, while large arrays (images) keep their zero-copy frame. msgpack walks the body in C and calls
+    `default` only for what it cannot pack itself (arrays, numpy scalars).
+    """
+    arrays: list[np.ndarray] = []
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.kind not in _WIRE_KINDS:
+                raise TypeError(f"cannot send an array of dtype {obj.dtype} (numbers only)")
+            if obj.nbytes <= inline_max:
+                return {_ND: [obj.tobytes(), obj.dtype.str, list(obj.shape)]}
+            arrays.append(obj if obj.flags.c_contiguous else np.ascontiguousarray(obj))
+            return {_ND: [len(arrays) - 1, obj.dtype.str, list(obj.shape)]}
+        if isinstance(obj, np.generic):
+            return obj.item()
+        return repr(obj)  # info dicts may hold arbitrary objects: send what they look like, never pickle
+
+    stamps = {"sent": now_ns()}
+    if ts:
+        stamps.update(ts)
+    envelope = {"v": PROTOCOL_VERSION, "type": msg_type, "seq": int(seq), "ts": stamps, "body": body or {}}
+    return [msgpack.packb(envelope, default=default, use_bin_type=True), *arrays]
+
+
+_DTYPES: dict[str, np.dtype] = {}
+
+
+def _dtype(name: str) -> np.dtype:
+    """np.dtype(name), cached: parsing a dtype string costs more than the rest of a small message."""
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        dtype = np.dtype(name)
+        if len(_DTYPES) < 64:
+            _DTYPES[name] = dtype
+    return dtype
+
+
+def _buffer(frame: Any) -> memoryview:
+    if hasattr(frame, "buffer"):  # zmq.Frame from recv_multipart(copy=False)
+        return frame.buffer
+    return memoryview(frame)
+
+
+def _array(spec: Any, bufs: list[memoryview], used: list[int]) -> np.ndarray:
+    """The array a placeholder `[frame index or inline bytes, dtype, shape]` describes (read-only view)."""
+    try:
+        i, dtype_s, shape = spec
+        dtype = _dtype(dtype_s)
+        shape = tuple(int(d) for d in shape)
+    except Exception:
+        raise ProtocolError(E_MALFORMED, f"array spec {spec!r} is not [frame, dtype, shape]") from None
+    if dtype.kind not in _WIRE_KINDS or min(shape, default=0) < 0:
+        raise ProtocolError(E_MALFORMED, f"array: dtype {dtype} / shape {list(shape)} not allowed")
+    if isinstance(i, bytes):  # a small array inlined in the envelope
+        buf = memoryview(i)
+    elif isinstance(i, int) and 0 <= i < len(bufs) - 1:
+        buf = bufs[i + 1]
+        used.append(i)
+    else:
+        raise ProtocolError(E_MALFORMED, f"array placeholder names frame {i!r}, message has {len(bufs) - 1}")
+    if math.prod(shape) * dtype.itemsize != buf.nbytes:
+        raise ProtocolError(E_MALFORMED, f"array {i}: {dtype}{list(shape)} needs "
+                                         f"{math.prod(shape) * dtype.itemsize} bytes, frame has {buf.nbytes}")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)  # zero-copy, read-only view
+
+
+def decode(frames: list, max_bytes: int | None = None) -> Message:
+    """Parse and validate the frames of one message; raise ProtocolError (with its reply code) if bad."""
+    if not frames:
+        raise ProtocolError(E_MALFORMED, "empty message")
+    bufs = [_buffer(f) for f in frames]
+    nbytes = sum(b.nbytes for b in bufs)
+    if max_bytes is not None and nbytes > max_bytes:
+        raise ProtocolError(E_OVERSIZED, f"message of {nbytes} bytes exceeds the limit of {max_bytes}")
+    used: list[int] = []
+
+    def hook(d: dict) -> Any:
+        if _ND in d and len(d) == 1:
+            return _array(d[_ND], bufs, used)
+        return d
+
+    try:
+        env = msgpack.unpackb(bufs[0], raw=False, strict_map_key=False, object_hook=hook)
+    except ProtocolError as err:
+        _check_version(bufs[0])  # a message of another version is reported as such, not as malformed
+        raise err
+    except Exception as err:  # msgpack raises several unrelated exception types on garbage
+        raise ProtocolError(E_MALFORMED, f"envelope is not msgpack: {err}") from None
+    if not isinstance(env, dict) or "v" not in env or "type" not in env:
+        raise ProtocolError(E_MALFORMED, "envelope must be a map with 'v' and 'type'")
+    _check_version(env)
+    mtype, seq = env["type"], env.get("seq", 0)
+    if not isinstance(mtype, str) or not isinstance(seq, int):
+        raise ProtocolError(E_MALFORMED, "envelope 'type' must be a string and 'seq' an integer")
+    if mtype not in MESSAGE_TYPES:
+        raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {mtype!r}")
+    if sorted(used) != list(range(len(bufs) - 1)):
+        raise ProtocolError(E_MALFORMED, f"{len(bufs) - 1} array frames followed the envelope but its "
+                                         f"placeholders name frames {sorted(used)}")
+    body = env.get("body") or {}
+    if not isinstance(body, dict):
+        raise ProtocolError(E_MALFORMED, "envelope 'body' must be a map")
+    ts = env.get("ts") or {}
+    return Message(type=mtype, seq=seq, body=body, ts=ts if isinstance(ts, dict) else {},
+                   version=env["v"], nbytes=nbytes)
+
+
+def _check_version(env: Any) -> None:
+    if not isinstance(env, dict):
+        try:
+            env = msgpack.unpackb(env, raw=False, strict_map_key=False)
+        except Exception:
+            return
+        if not isinstance(env, dict):
+            return
+    if "v" in env and env["v"] != PROTOCOL_VERSION:
+        raise ProtocolError(E_VERSION, f"protocol version {env['v']!r} not supported (this side speaks "
+                                       f"{PROTOCOL_VERSION}): run the same rtdp version on both ends")
+
+
+def copy_flag(frames: list) -> bool:
+    """pyzmq `copy=` for sending `frames`: zero-copy pays off only for large frames."""
+    return all(getattr(f, "nbytes", None) is None or f.nbytes < COPY_THRESHOLD for f in frames)
+
+
+def pack(frames: list) -> bytes:
+    """The frames of one message as a single frame (u32 length + bytes each), for CONFLATE sockets."""
+    out = bytearray()
+    for f in frames:
+        b = _buffer(f) if not isinstance(f, np.ndarray) else memoryview(f).cast("B")
+        out += _PACK_HEADER.pack(b.nbytes)
+        out += b
+    return bytes(out)
+
+
+def unpack(buf: Any) -> list[memoryview]:
+    """Split a packed single frame back into frames (views, no copy)."""
+    view = _buffer(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
+    frames, pos, n = [], 0, view.nbytes
+    while pos < n:
+        if pos + 4 > n:
+            raise ProtocolError(E_MALFORMED, "packed message truncated in a frame header")
+        (size,) = _PACK_HEADER.unpack_from(view, pos)
+        pos += 4
+        if pos + size > n:
+            raise ProtocolError(E_MALFORMED, "packed message truncated in a frame")
+        frames.append(view[pos : pos + size])
+        pos += size
+    return frames
+
+
+def error_frames(seq: int, code: str, message: str, **extra: Any) -> list:
+    """An error reply: what went wrong (`code`, one of the E_* constants) and what to do (`message`)."""
+    return encode(ERROR, seq, {"code": code, "message": message, **extra})

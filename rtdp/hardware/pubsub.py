@@ -1,0 +1,125 @@
+"""High-rate state publishing (PUB/SUB) and latest-only command streaming (PUSH/PULL with CONFLATE).
+
+Both carry protocol messages in the packed single-frame form (`protocol.pack`), because ZeroMQ's CONFLATE
+option, which keeps only the newest message in a queue, does not support multipart messages. The robot
+side binds (it is the fixed address); the policy side connects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zmq
+
+from rtdp.hardware import protocol as P
+
+
+def _socket(ctx: zmq.Context | None, kind: int, **opts: int) -> zmq.Socket:
+    sock = (ctx or zmq.Context.instance()).socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    for name, value in opts.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    return sock
+
+
+class StatePublisher:
+    """Publish state messages. `conflate=True` (latest-only) keeps just the newest unsent state per
+    subscriber, so a burst never makes PUB drop the newest one; otherwise the queue is bounded by `hwm`
+    and, when full, new states are dropped for that subscriber (ZeroMQ PUB semantics)."""
+
+    def __init__(self, bind: str, *, conflate: bool = True, hwm: int = 16,
+                 context: zmq.Context | None = None):
+        self._sock = _socket(context, zmq.PUB, **({"CONFLATE": 1} if conflate else {"SNDHWM": hwm}))
+        self._sock.bind(bind)
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.seq = 0
+
+    def publish(self, body: dict[str, Any], ts: dict[str, int] | None = None) -> int:
+        """Publish one state (never blocks: PUB drops for subscribers whose queue is full); returns seq."""
+        self.seq += 1
+        self._sock.send(P.pack(P.encode(P.STATE, self.seq, body, ts)), zmq.NOBLOCK, copy=False)
+        return self.seq
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class _LatestReader:
+    """Shared receive logic: wait up to a timeout, decode, remember the newest message."""
+
+    _sock: zmq.Socket
+
+    def __init__(self) -> None:
+        self.latest: P.Message | None = None
+        self.received = 0
+        self.errors = 0
+
+    def recv(self, timeout_s: float | None = 0.0) -> P.Message | None:
+        """The newest message if one arrived within `timeout_s` (None waits forever), else None."""
+        ms = -1 if timeout_s is None else int(timeout_s * 1000)
+        if not self._sock.poll(ms, zmq.POLLIN):
+            return None
+        msg = None
+        while True:  # drain: with CONFLATE there is at most one; without it, keep only the newest
+            try:
+                frame = self._sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                msg = P.decode(P.unpack(frame))
+            except P.ProtocolError:
+                self.errors += 1
+                continue
+        if msg is not None:
+            self.latest = msg
+            self.received += 1
+        return msg
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class StateSubscriber(_LatestReader):
+    """Subscribe to a StatePublisher; `conflate=True` keeps only the newest state in the queue."""
+
+    def __init__(self, connect: str, *, conflate: bool = True, hwm: int = 16,
+                 context: zmq.Context | None = None):
+        super().__init__()
+        opts = {"CONFLATE": 1} if conflate else {"RCVHWM": hwm}
+        self._sock = _socket(context, zmq.SUB, **opts)  # CONFLATE must be set before connect
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sock.connect(connect)
+
+
+class CommandSender:
+    """Stream commands (e.g. target joint positions) where only the newest one matters."""
+
+    def __init__(self, connect: str, *, context: zmq.Context | None = None):
+        self._sock = _socket(context, zmq.PUSH, CONFLATE=1)
+        self._sock.connect(connect)
+        self.seq = 0
+
+    def send(self, action: np.ndarray, target_ns: int | None = None, **body: Any) -> int:
+        """Queue a command, replacing any not yet delivered; returns its sequence number."""
+        self.seq += 1
+        ts = {"target": int(target_ns)} if target_ns is not None else None
+        try:
+            self._sock.send(P.pack(P.encode(P.COMMAND, self.seq, {"action": np.asarray(action), **body}, ts)),
+                            zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # no peer yet: a command nobody can receive is stale by definition
+            pass
+        return self.seq
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class CommandReceiver(_LatestReader):
+    """The robot side of a command stream: `recv()` gives the newest command, older ones are gone."""
+
+    def __init__(self, bind: str, *, context: zmq.Context | None = None):
+        super().__init__()
+        self._sock = _socket(context, zmq.PULL, CONFLATE=1)
+        self._sock.bind(bind)
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -1,0 +1,126 @@
+"""The Diffusion Policy temporal U-Net (Chi et al. 2023) with per-position noise levels.
+
+Observation features reach every residual block through FiLM (a per-channel scale and bias), as in the
+paper. The noise level is given per action position (`[B, T]`; a `[B]` level broadcasts), embedded
+sinusoidally and added to the features of every residual block at that block's temporal resolution, so a
+chunk whose noise rises along the horizon (streaming diffusion) is a first-class input.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtdp.policy.embeddings import SinusoidalLevelEmbedding, per_position_levels
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d -> GroupNorm -> Mish."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int = 8):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(n_groups, out_channels),
+            nn.Mish(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class ConditionalResidualBlock1D(nn.Module):
+    """Two conv blocks; FiLM from the observation features and the per-position level embedding between."""
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, level_dim: int,
+                 kernel_size: int = 5, n_groups: int = 8):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            Conv1dBlock(in_channels, out_channels, kernel_size, n_groups),
+            Conv1dBlock(out_channels, out_channels, kernel_size, n_groups),
+        ])
+        self.out_channels = out_channels
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
+        self.level_proj = nn.Sequential(nn.Mish(), nn.Linear(level_dim, out_channels))
+        self.residual_conv = (nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels
+                              else nn.Identity())
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, level_emb: torch.Tensor) -> torch.Tensor:
+        """x `[B, C, L]`, cond `[B, Dc]`, level_emb `[B, Dl, T]` at full horizon (pooled to L here)."""
+        out = self.blocks[0](x)
+        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        out = out * scale + bias
+        level = self.level_proj(level_emb.transpose(1, 2)).transpose(1, 2)
+        if level.shape[-1] != out.shape[-1]:
+            level = F.adaptive_avg_pool1d(level, out.shape[-1])
+        out = self.blocks[1](out + level)
+        return out + self.residual_conv(x)
+
+
+class ConditionalUnet1D(nn.Module):
+    """Denoiser `(x[B,T,Da], level[B] or [B,T], cond[B,To,Dc]) -> [B,T,Da]` (epsilon or x0 prediction)."""
+
+    def __init__(self, action_dim: int, cond_dim: int, n_obs_steps: int,
+                 down_dims: tuple[int, ...] = (256, 512, 1024), level_embed_dim: int = 256,
+                 kernel_size: int = 5, n_groups: int = 8):
+        super().__init__()
+        down_dims = list(down_dims)
+        self.action_dim = action_dim
+        self.n_obs_steps = n_obs_steps
+        self.n_down = len(down_dims) - 1
+        global_cond = cond_dim * n_obs_steps
+        self.level_encoder = nn.Sequential(
+            SinusoidalLevelEmbedding(level_embed_dim),
+            nn.Linear(level_embed_dim, 4 * level_embed_dim),
+            nn.Mish(),
+            nn.Linear(4 * level_embed_dim, level_embed_dim),
+        )
+
+        def block(cin: int, cout: int) -> ConditionalResidualBlock1D:
+            return ConditionalResidualBlock1D(cin, cout, global_cond, level_embed_dim, kernel_size, n_groups)
+
+        dims = [action_dim] + down_dims
+        in_out = list(itertools.pairwise(dims))
+        self.down_modules = nn.ModuleList()
+        for i, (cin, cout) in enumerate(in_out):
+            last = i == len(in_out) - 1
+            self.down_modules.append(nn.ModuleList([
+                block(cin, cout), block(cout, cout),
+                nn.Conv1d(cout, cout, 3, 2, 1) if not last else nn.Identity(),
+            ]))
+        mid = down_dims[-1]
+        self.mid_modules = nn.ModuleList([block(mid, mid), block(mid, mid)])
+        self.up_modules = nn.ModuleList()
+        for cin, cout in reversed(in_out[1:]):  # as in the paper's code: every up level upsamples
+            self.up_modules.append(nn.ModuleList([
+                block(2 * cout, cin), block(cin, cin), nn.ConvTranspose1d(cin, cin, 4, 2, 1),
+            ]))
+        self.final_conv = nn.Sequential(
+            Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
+            nn.Conv1d(down_dims[0], action_dim, 1),
+        )
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        batch, horizon, _ = x.shape
+        if horizon % (2 ** self.n_down):
+            raise ValueError(f"horizon {horizon} must be divisible by {2 ** self.n_down} for this U-Net "
+                             f"({self.n_down} downsamplings); change horizon or down_dims")
+        levels = per_position_levels(level, batch, horizon, x.device)
+        level_emb = self.level_encoder(levels).transpose(1, 2)  # [B, Dl, T]
+        global_cond = cond.reshape(batch, -1)
+        h = x.transpose(1, 2)
+        skips = []
+        for res1, res2, down in self.down_modules:
+            h = res2(res1(h, global_cond, level_emb), global_cond, level_emb)
+            skips.append(h)
+            h = down(h)
+        for res in self.mid_modules:
+            h = res(h, global_cond, level_emb)
+        for res1, res2, up in self.up_modules:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = res2(res1(h, global_cond, level_emb), global_cond, level_emb)
+            h = up(h)
+        return self.final_conv(h).transpose(1, 2)

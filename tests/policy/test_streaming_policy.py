@@ -1,0 +1,199 @@
+"""SDP and RTI on a real (tiny, briefly trained) PushT policy: configs, checkpoints, eval/control paths, the τ
+calibration and its CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from rtdp.cli.main import main as rtdp_main
+from rtdp.datasets.dataset import SequenceDataset
+from rtdp.policy.calibration import pick_tau, sweep_rti
+from rtdp.policy.factory import make_policy
+from rtdp.policy.levels import StreamingLevels
+from rtdp.policy.samplers import RTISampler, StreamingSampler
+from rtdp.policy.samplers.rti import warm_steps_for_tau
+from rtdp.policy.schedules import DDPMSchedule
+from rtdp.train.checkpoint import load_policy, save_checkpoint
+from rtdp.train.trainer import data_meta
+
+OBS = {"keypoint": {"source": "keypoint"}, "agent_pos": {"source": "state", "columns": [0, 2]}}
+TINY = ["policy.denoiser.down_dims=[16,32]", "policy.denoiser.level_embed_dim=32"]
+
+
+def train_config(*overrides: str):
+    with initialize_config_module("rtdp.configs", version_base=None):
+        return compose("train", overrides=["policy=sdp_unet", "task=pusht_keypoints", *TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(pusht_zarr, tmp_path_factory):
+    """A tiny sdp_unet trained for 80 steps on 12 PushT episodes, saved as an `rtdp train` checkpoint."""
+    torch.manual_seed(0)
+    cfg = train_config(f"task.dataset.path={pusht_zarr}")
+    mask = np.zeros(206, dtype=bool)
+    mask[:12] = True
+    ds = SequenceDataset(pusht_zarr, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=8,
+                         episode_mask=mask)
+    ds.normalizer = normalizer = ds.get_normalizer()
+    meta = data_meta(ds)
+    policy = make_policy(cfg.policy, cfg.sampler, meta["obs_shapes"], 2, normalizer)
+    opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    for _ in range(80):
+        loss = policy.compute_loss(ds.sample_batch(rng.integers(0, len(ds), 64)), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    run = tmp_path_factory.mktemp("tiny_sdp")
+    save_checkpoint(run, 80, model=policy, ema_model=None, normalizer=normalizer, config=cfg, data_meta=meta)
+    return run
+
+
+def obs_window(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    kp = rng.uniform(100, 400, (batch, 1, 9, 2)).repeat(2, axis=1)
+    return {"keypoint": kp.astype(np.float32), "agent_pos": rng.uniform(100, 400, (batch, 2, 2)).astype(np.float32)}
+
+
+def test_sdp_unet_feeds_the_denoiser_a_level_per_position_from_the_streaming_mixture():
+    cfg = train_config()
+    policy = make_policy(cfg.policy, cfg.sampler, {"keypoint": (9, 2), "agent_pos": (2,)}, 2)
+    assert isinstance(policy.level_sampler, StreamingLevels)
+    seen = []
+    policy.denoiser.register_forward_hook(lambda mod, args, out: seen.append(args[1].clone()))
+    batch = {"obs": {"keypoint": torch.randn(256, 2, 9, 2), "agent_pos": torch.randn(256, 2, 2)},
+             "action": torch.randn(256, 16, 2)}
+    policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    levels = seen[0]
+    assert levels.shape == (256, 16)
+    regimes = policy.level_sampler.last_regimes
+    stairs = policy.level_sampler.table[policy.level_sampler.staircase + 1].to(levels.dtype)
+    chunkwise, constant = regimes == 3, regimes == 0
+    assert chunkwise.any() and constant.any()
+    assert torch.equal(levels[chunkwise], stairs.expand(int(chunkwise.sum()), 16))  # the sampler's staircase
+    assert torch.all(levels[constant] == levels[constant][:, :1])  # plain DP: one level per sample
+    # one setting: the sampler=sdp config reads the streaming layout from the policy's levels node
+    sdp_cfg = train_config("sampler=sdp", "policy.levels.steps_per_call=2")
+    sdp = make_policy(sdp_cfg.policy, sdp_cfg.sampler, {"keypoint": (9, 2), "agent_pos": (2,)}, 2)
+    assert isinstance(sdp.sampler, StreamingSampler)
+    assert sdp.sampler.num_levels == sdp.level_sampler.num_levels == 30 and sdp.sampler.nfe_per_call == 2
+
+
+def test_sdp_from_a_checkpoint_spends_one_evaluation_per_executed_action_and_reset_restarts_it(tiny_run):
+    policy = load_policy(tiny_run, ["sampler=sdp"])
+    assert isinstance(policy.sampler, StreamingSampler)
+    first = policy.act(obs_window())
+    assert first.nfe == 15 and first.n_exec == 1 and first.start == 1  # start-up: a full 15-level sample
+    for step in range(5):
+        chunk = policy.act(obs_window(seed=step + 1))
+        assert chunk.nfe == 1 and chunk.nfe_per_action == 1.0
+        assert np.isfinite(chunk.actions).all() and chunk.actions.shape == (1, 16, 2)
+    policy.reset()
+    assert policy.act(obs_window()).nfe == 15
+
+
+def test_rti_from_a_checkpoint_warm_starts_from_tau_and_replans_every_two_steps(tiny_run):
+    policy = load_policy(tiny_run, ["sampler=rti", "sampler.tau=20"])
+    assert isinstance(policy.sampler, RTISampler) and policy.sampler.tau == 20
+    cold = policy.act(obs_window())
+    assert cold.nfe == 10 and cold.n_exec == 2
+    warm = policy.act(obs_window(seed=1))
+    assert warm.nfe == 3 and warm.nfe_per_action == 1.5  # grid levels 20, 10, 0
+    policy.reset()
+    assert policy.act(obs_window()).nfe == 10
+
+
+def test_tau_selects_the_ddim_grid_levels_at_or_below_it():
+    grid = DDPMSchedule().inference_levels(10).tolist()  # 90, 80, ..., 0, -1
+    assert warm_steps_for_tau(grid, 20) == 3 and warm_steps_for_tau(grid, 25) == 3
+    assert warm_steps_for_tau(grid, 0) == 1 and warm_steps_for_tau(grid, 99) == 10
+    rti = RTISampler(DDPMSchedule(), num_steps=10, tau=45)
+    assert rti.tau == 40 and rti.warm_levels == [40, 30, 20, 10, 0, -1]
+    with pytest.raises(ValueError, match="below every level"):
+        RTISampler(DDPMSchedule(spacing="trailing"), num_steps=10, tau=5)
+
+
+def test_the_calibration_picks_the_smallest_tau_within_tolerance_on_a_hand_made_curve():
+    devs = {0: 0.5, 10: 0.3, 20: 0.12, 30: 0.09, 40: 0.11, 90: 0.1}
+    points = [{"tau": t, "deviation_mean": d} for t, d in devs.items()]
+    assert pick_tau(points, 0.115)["tau"] == 30
+    assert pick_tau(points, 0.12)["tau"] == 20
+    assert pick_tau(points, 0.6)["tau"] == 0
+    assert pick_tau(points, 0.05) is None
+
+
+def test_the_calibration_sweep_on_a_real_policy_reports_every_tau_and_its_cost(tiny_run, pusht_zarr):
+    policy = load_policy(tiny_run)
+    ds = SequenceDataset(pusht_zarr, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=1,
+                         episode_mask=np.arange(206) == 150, normalizer=policy.normalizer)
+    idx = np.arange(0, 40, 2)
+    now, nxt = ds.sample_batch(idx)["obs"], ds.sample_batch(idx + 2)["obs"]
+    res = sweep_rti(policy, now, nxt, num_steps=10, n_exec=2, generator=torch.Generator().manual_seed(0))
+    pts = res["points"]
+    assert [p["warm_steps"] for p in pts] == list(range(1, 11)) and [p["tau"] for p in pts] == list(range(0, 100, 10))
+    assert [p["nfe_per_call"] for p in pts] == list(range(1, 11)) and pts[-1]["cold"]
+    floor = res["noise_floor"]["deviation_mean"]
+    assert floor > 0 and all(p["deviation_max"] >= p["deviation_mean"] >= 0 for p in pts)
+    # the cold point is a full sample with other noise: statistically the noise floor
+    assert abs(pts[-1]["deviation_mean"] - floor) < 0.5 * floor + 0.05
+    chosen = pick_tau(pts, 10 * floor)
+    assert chosen["tau"] == 0  # a loose tolerance takes the cheapest warm start
+
+
+def test_calibrate_rti_cli_writes_the_curve_and_prints_the_override(tiny_run, capsys):
+    out = tiny_run / "calib"
+    assert rtdp_main(["calibrate-rti", f"checkpoint={tiny_run}", "windows=24", "tolerance=100x", f"out={out}",
+                      "progress=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "use: sampler=rti sampler.tau=0" in printed
+    rec = json.loads((out / "rti_calibration.json").read_text())
+    assert rec["schema"] == "rtdp.metrics/1" and rec["kind"] == "rti_calibration"
+    assert rec["chosen"]["override"] == "sampler=rti sampler.tau=0" and len(rec["points"]) == 10
+    assert rec["n_windows"] == 24 and rec["noise_floor"]["deviation_mean"] > 0
+    assert (out / "rti_calibration.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bogus=1"], "unknown option 'bogus'"),
+    (["sampler.bogus=1"], "does not exist"),
+    (["+sampler.bogus=1"], "bogus"),
+    (["tolerance=abc"], "tolerance must be a number"),
+    (["tolerance=1e-9", "windows=8"], "no tau is within tolerance"),
+])
+def test_calibrate_rti_cli_refuses_bad_input_with_exit_2_and_writes_nothing(tiny_run, tmp_path, capsys, args,
+                                                                           message):
+    out = tmp_path / "calib"
+    assert rtdp_main(["calibrate-rti", f"checkpoint={tiny_run}", f"out={out}", "progress=false", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_eval_with_sampler_sdp_reaches_the_streaming_sampler(tiny_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert rtdp_main(["eval", "task=pusht", f"checkpoint={tiny_run}", "sampler=sdp", "episodes=1", "n_envs=1",
+                      "max_steps=10", f"out={out}", "progress=false"]) == 0
+    summary = json.loads((out / "eval.json").read_text())["summary"]
+    assert summary["mean_length"] == 10
+    assert summary["nfe_per_action"] == pytest.approx((15 + 9) / 10)  # start-up sample, then 1 per step
+
+
+def test_rti_runs_in_the_asynchronous_control_loop(tiny_run):
+    from rtdp.control.loop import run_episodes
+    from rtdp.envs import make
+
+    policy = load_policy(tiny_run, ["sampler=rti", "sampler.warm_steps=2"])
+    env = make("pusht", obs_mode="keypoints")
+    try:
+        (ep,) = run_episodes(env, policy, n_episodes=1, seed=0, hz=20, mode="async", max_steps=12)
+    finally:
+        env.close()
+    assert ep.n_env_steps == 12
+    nfe = [c.nfe for c in ep.chunks]
+    assert nfe[0] == 10 and len(nfe) >= 3 and all(n == 2 for n in nfe[1:])

@@ -1,0 +1,68 @@
+"""`rtdp train`: a tiny run end to end, and one clear line (exit 2, nothing written) for each bad input."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_task import TINY_POLICY
+
+from rtdp.cli.main import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["train", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_runs_and_writes_a_loadable_checkpoint(capsys, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+                       "training.num_steps=3", *TINY_POLICY)
+    assert code == 0, err
+    assert (out / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert (out / "metrics.json").is_file() and list((out / "tb").iterdir())
+    from rtdp.train.checkpoint import load_policy
+
+    assert load_policy(out).n_obs_steps == 2
+
+
+def test_print_config(capsys):
+    code, out, _ = run(capsys, "--cfg", "policy=transformer")
+    assert code == 0 and "type: transformer" in out and "pusht_keypoints" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["training.lr_typo=1"], "Could not override 'training.lr_typo'"),
+    (["policy=unet9"], "Could not find 'policy/unet9' (available: "),
+    (["task.dataset.path=/nonexistent/data.zarr"], "dataset '/nonexistent/data.zarr' (task pusht_keypoints) does not exist"),
+    (["positional"], "expected key=value overrides"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, args, message):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, f"out_dir={out}", *args)
+    assert code == 2
+    assert err.startswith("rtdp train: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_dataset_keys_that_do_not_match_the_task_are_named(capsys, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "task=pusht_keypoints", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+                       *TINY_POLICY)
+    assert code == 2 and "has no key(s) ['keypoint']" in err and "fix task.obs/task.action" in err
+    assert not out.exists()
+
+
+def test_resume_without_a_run_and_rerun_over_a_run_are_refused(capsys, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    base = ["task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}", "training.num_steps=2", *TINY_POLICY]
+    code, _, err = run(capsys, *base, "resume=true")
+    assert code == 2 and "holds no checkpoint; drop resume=true" in err and not out.exists()
+    assert run(capsys, *base)[0] == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    code, _, err = run(capsys, *base)
+    assert code == 2 and "already holds a training run" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}", "resume=true",
+                       "policy=transformer", "policy.denoiser.n_layers=1", "policy.denoiser.dim=16", "num_threads=1")
+    assert code == 2 and "holds a 'unet1d' policy, not 'transformer'" in err
