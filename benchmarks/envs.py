@@ -22,10 +22,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import rtdp.envs as envs  # noqa: E402
-from rtdp.metrics import record, save_figure, write_json  # noqa: E402
+from rtdp import envs
+from rtdp.metrics import record, save_figure, write_json
 
 DEFAULT_TASKS = ["pusht", "arm-lift", "metaworld/pick-place-v3", "metaworld/mt10"]
 EXPERT_TASKS = {"arm-lift", "metaworld/pick-place-v3", "metaworld/mt10", "robosuite/lift", "robosuite/can"}

@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rtdp import metrics  # noqa: E402
+from rtdp import metrics
 
 TASKS = {  # benchmark task -> (env id, default checkpoint, max steps, discrete action dims for RTI)
     "pusht": ("pusht", "runs/streaming/pusht_sdp_unet", 300, []),
@@ -62,7 +62,7 @@ def latency_rollout(policy: Any, env_id: str, obs_mode: str | None, n_steps: int
     from rtdp.envs import make
 
     env = make(env_id, obs_mode=obs_mode)
-    per_call, startup, per_step, nfe, calls, executed = [], [], [], 0, 0, 0
+    per_call, startup, per_step, nfe, planned, calls, executed = [], [], [], 0, 0, 0, 0
     try:
         ep_seed = seed
         while executed < n_steps:
@@ -78,6 +78,7 @@ def latency_rollout(policy: Any, env_id: str, obs_mode: str | None, n_steps: int
                 (startup if first else per_call).append(dt)
                 if not first:
                     nfe += chunk.nfe
+                    planned += chunk.n_exec
                     calls += 1
                 exe = chunk.executable[0]
                 for j in range(exe.shape[0]):
@@ -94,8 +95,8 @@ def latency_rollout(policy: Any, env_id: str, obs_mode: str | None, n_steps: int
         env.close()
     return {"per_call": metrics.summarize_latencies(per_call), "per_control_step": metrics.summarize_latencies(per_step),
             "startup_call": metrics.summarize_latencies(startup), "control_steps": len(per_step),
-            "nfe_per_action_steady": nfe / max(len(per_step), 1),
-            "control_steps_per_replan": len(per_step) / max(calls, 1)}
+            "nfe_per_action_steady": nfe / max(planned, 1),  # after start-up, per action planned for execution
+            "control_steps_per_replan": planned / max(calls, 1)}
 
 
 def lerobot_latency(obs_dim: int, state_dim: int, action_dim: int, n_calls: int) -> dict[str, Any]:
@@ -141,20 +142,20 @@ def lerobot_latency(obs_dim: int, state_dim: int, action_dim: int, n_calls: int)
     return out
 
 
-def control_loop_run(policy: Any, env_id: str, hz: float, n_episodes: int, max_steps: int, seed: int) -> dict:
+def control_loop_run(policy: Any, env_id: str, hz: float, n_episodes: int, max_steps: int, seed: int,
+                     obs_mode: str | None = None) -> dict:
     """SDP in rtdp's fixed-rate loop with asynchronous inference: deadline misses, latencies, NFE."""
     from rtdp.control.loop import run_episodes
     from rtdp.control.report import summarize
     from rtdp.envs import make
 
-    env = make(env_id)
+    env = make(env_id, obs_mode=obs_mode)
     try:
         eps = run_episodes(env, policy, n_episodes=n_episodes, seed=seed, hz=hz, mode="async", max_steps=max_steps)
     finally:
         env.close()
     s = summarize(eps)
-    replans = sum(max(len(e.chunks) - 1, 0) for e in eps)
-    s["control_steps_per_replan"] = s["executed_actions"] / max(replans, 1)
+    s["control_steps_per_replan"] = s["executed_actions"] / max(s["chunks"], 1)
     return s
 
 
@@ -175,9 +176,10 @@ def run_task(task: str, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
         policy = load_policy(ckpt, method_overrides(method, discrete, tau))
         episodes = args.ddpm_episodes if method == "ddpm100" else args.episodes
         print(f"[streaming] {task}/{method}: {episodes} episodes ...", file=sys.stderr, flush=True)
-        ev = evaluate(policy, env_id, n_episodes=episodes, seed=args.seed, n_envs=args.n_envs,
+        obs_mode = policy.config.task.env.get("obs_mode")
+        ev = evaluate(policy, env_id, n_episodes=episodes, seed=args.seed, n_envs=args.n_envs, obs_mode=obs_mode,
                       max_steps=max_steps, progress=False)["summary"]
-        lat = latency_rollout(policy, env_id, None, args.latency_steps, args.seed)
+        lat = latency_rollout(policy, env_id, obs_mode, args.latency_steps, args.seed)
         entry = {"overrides": method_overrides(method, discrete, tau), "sampler": policy.sampler.describe(),
                  "episodes": episodes, "success_rate": ev["success_rate"],
                  "mean_max_coverage": ev.get("mean_max_coverage"), "nfe_per_action": ev["nfe_per_action"],
@@ -189,7 +191,8 @@ def run_task(task: str, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
     if "sdp" in args.methods and args.loop_episodes:
         policy = load_policy(ckpt, method_overrides("sdp", discrete, tau))
         res["control_loop_sdp"] = {f"{hz:g}hz": control_loop_run(policy, env_id, hz, args.loop_episodes,
-                                                                  min(max_steps, args.loop_steps), args.seed)
+                                                                  min(max_steps, args.loop_steps), args.seed,
+                                                                  policy.config.task.env.get("obs_mode"))
                                    for hz in args.loop_hz}
     res["targets"] = check_targets(res)
     return res
@@ -279,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-episodes", type=int, default=3)
     ap.add_argument("--loop-steps", type=int, default=150)
     ap.add_argument("--lerobot-calls", type=int, default=30, help="0 = skip the LeRobot latency")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (batch-1 inference is latency-bound; 2 threads thrash when shared)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "streaming.json"))
     args = ap.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")

@@ -34,14 +34,15 @@ def compose(overrides: list[str]):
 def calibrate_steps_per_s(cfg, n: int = 12) -> float:
     """Optimiser steps per second of this config on this machine now (a throwaway copy of the model)."""
     from rtdp.policy.factory import make_policy
-    from rtdp.train.trainer import TrainingData, build_datasets, data_meta
+    from rtdp.train.trainer import TrainingData, build_datasets, data_meta, window_bytes
 
     torch.set_num_threads(int(cfg.num_threads))
     ds, _, normalizer = build_datasets(cfg)
     meta = data_meta(ds)
     policy = make_policy(cfg.policy, cfg.sampler, meta["obs_shapes"], meta["action_dim"], normalizer,
                          crop_shape=cfg.task.get("crop_shape"))
-    data = TrainingData(ds, bool(cfg.training.data_in_memory), torch.device("cpu"))
+    data = TrainingData(ds, cfg.training.data_in_memory is True or (
+        cfg.training.data_in_memory == "auto" and window_bytes(ds) * len(ds) < 2 * 2**30), torch.device("cpu"))
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     for i in range(n + 3):

@@ -4,7 +4,7 @@ on recorded observations of the checkpoint's task (its validation episodes) and 
 executed actions stay within `tolerance` of the full sampler's.
 
 `tolerance` is in normalised action units (`tolerance=0.05`) or relative to the noise floor, the deviation
-between two full samples (`tolerance=1.25x`, the default). Writes `rti_calibration.json` + `.png` to `out`
+between two full samples (`tolerance=1.25x`, the default). `threads=N` sets torch's intra-op threads. Writes `rti_calibration.json` + `.png` to `out`
 (default: `<run>/rti_calibration`) and prints the override to use (`sampler=rti sampler.tau=...`).
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.25x|ABS] [seed=0] "
-         "[out=DIR] [progress=true] [sampler.KEY=VALUE ...]")
-OPTIONS = ("checkpoint", "episodes", "windows", "tolerance", "seed", "out", "progress")
+         "[out=DIR] [threads=N] [progress=true] [sampler.KEY=VALUE ...]")
+OPTIONS = ("checkpoint", "episodes", "windows", "tolerance", "seed", "out", "progress", "threads")
 
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -84,10 +84,11 @@ def observation_pairs(policy: Any, cfg: Any, n_exec: int, episodes: int | None, 
     if not path.exists():
         raise CLIError(f"the checkpoint's dataset {str(path)!r} does not exist; calibration replays its recorded "
                        "observations: create it (rtdp collect) or pass task.dataset.path=...")
-    buffer = ReplayBuffer.open(path, "r")
     obs_spec = OmegaConf.to_container(cfg.task.obs, resolve=True)
     action_spec = OmegaConf.to_container(cfg.task.action, resolve=True)
-    common = dict(horizon=policy.horizon, n_obs_steps=policy.n_obs_steps, n_action_steps=1)
+    keys = sorted({spec["source"] for spec in [*obs_spec.values(), action_spec]})
+    buffer = ReplayBuffer.copy_to_memory(ReplayBuffer.open(path, "r"), keys)  # zarr chunk reads per batch are slow
+    common = {"horizon": policy.horizon, "n_obs_steps": policy.n_obs_steps, "n_action_steps": 1}
     split = SequenceDataset(buffer, obs_spec, action_spec, val_ratio=float(cfg.training.get("val_ratio", 0.0)),
                             seed=int(cfg.get("seed", 0)), **common)
     mask = split.val_mask if split.val_mask.any() else np.ones(buffer.n_episodes, dtype=bool)
@@ -112,7 +113,7 @@ def observation_pairs(policy: Any, cfg: Any, n_exec: int, episodes: int | None, 
         pairs = np.sort(np.random.default_rng(seed).choice(pairs, windows, replace=False))
     now, nxt = ds.sample_batch(pairs)["obs"], ds.sample_batch(pairs + n_exec)["obs"]
     dev = policy.device
-    to = lambda d: {k: torch.as_tensor(v).to(dev) for k, v in d.items()}  # noqa: E731
+    to = lambda d: {k: torch.as_tensor(v).to(dev) for k, v in d.items()}
     return to(now), to(nxt), {"dataset": str(path), "episodes": [int(e) for e in chosen], "source": note}
 
 
@@ -122,6 +123,7 @@ def main(argv: list[str]) -> int:
     episodes = _positive_int(opts, "episodes", 0) if "episodes" in opts else None
     windows = _positive_int(opts, "windows", 256)
     seed = _positive_int(opts, "seed", 0)
+    threads = _positive_int(opts, "threads", 1) if "threads" in opts else None
     progress = opts.get("progress", "true").lower() not in ("false", "0", "no")
     ckpt_arg = Path(opts["checkpoint"])
     if not ckpt_arg.exists():
@@ -130,6 +132,8 @@ def main(argv: list[str]) -> int:
 
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from rtdp import metrics
     from rtdp.policy.calibration import pick_tau, plot_sweep, sweep_rti
     from rtdp.train.checkpoint import load_policy

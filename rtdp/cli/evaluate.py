@@ -22,6 +22,11 @@ def main(argv: list[str]) -> int:
 
     raw = {a.partition("=")[0].lstrip("-"): a.partition("=")[2] for a in argv if "=" in a}
     args = parse_kv(argv, USAGE)
+    env_cfg = _checkpoint_env(args.get("checkpoint"))
+    # a checkpoint's task config supplies the task, observation mode and episode limit it was trained for
+    for key, cfg_key in (("task", "id"), ("obs_mode", "obs_mode"), ("max_steps", "max_steps")):
+        if key not in args and env_cfg.get(cfg_key) is not None:
+            args[key] = env_cfg[cfg_key]
     task, obs_mode = task_args(args, USAGE)
     episodes = _int(args, "episodes", 50)
     n_envs = _int(args, "n_envs", 2)
@@ -75,3 +80,22 @@ def main(argv: list[str]) -> int:
         raise CLIError(str(err)) from None
     print(json.dumps(rec["summary"]))
     return 0
+
+
+def _checkpoint_env(checkpoint) -> dict:
+    """`task.env` of a checkpoint's saved config ({} when there is none or it cannot be read)."""
+    if checkpoint is None:
+        return {}
+    path = Path(str(checkpoint))
+    for cfg_path in (path / "config.yaml", path.parent / "config.yaml"):
+        if cfg_path.is_file():
+            import yaml
+            from omegaconf import OmegaConf
+            from omegaconf.errors import OmegaConfBaseException
+
+            try:
+                env = OmegaConf.select(OmegaConf.load(cfg_path), "task.env", default=None)
+                return dict(OmegaConf.to_container(env, resolve=True)) if env is not None else {}
+            except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException):
+                return {}  # an unreadable config is reported by load_policy with its own message
+    return {}

@@ -50,4 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Under `python -m rtdp.cli.main` (torchrun) this file runs as `__main__`, a second copy whose CLIError is
+    # not the one subcommands raise: dispatch through the imported module so errors stay one line, exit 2.
+    from rtdp.cli.main import main as _main
+
+    sys.exit(_main())

@@ -5,7 +5,8 @@ optionally record the episodes into a replay buffer.
 Keys: checkpoint, agent (expert or package.module:factory), env (rtdp id, tcp:// address of
 `rtdp serve-env`, or package.module:factory), task (the rtdp id of a remote env, for agent=expert),
 obs_mode, mode (sync|async), hz, episodes, max_steps, seed, out (run directory), record (zarr path),
-timeout (remote reply timeout, s), retries. Any other key=value is a policy override
+timeout (remote reply timeout, s), retries, rt (SCHED_FIFO priority of the loop thread, 0 = off), spin
+(busy-wait before each tick, s). Any other key=value is a policy override
 (`sampler=ddim`, `sampler.num_steps=10`, ...) passed to the checkpoint loader.
 """
 
@@ -15,14 +16,13 @@ import datetime as _dt
 import importlib
 import time
 from pathlib import Path
-from typing import Any
 
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp run (checkpoint=PATH | agent=expert) env=pusht|tcp://127.0.0.1:5555 [mode=sync|async] [hz=10] "
          "[episodes=1] [max_steps=300] [seed=0] [out=DIR] [record=PATH.zarr] [sampler overrides ...]")
 KEYS = {"checkpoint", "agent", "env", "task", "obs_mode", "mode", "hz", "episodes", "max_steps", "seed",
-        "out", "record", "timeout", "retries", "spin"}
+        "out", "record", "timeout", "retries", "spin", "rt"}
 
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -79,7 +79,7 @@ def make_env(opts: dict[str, str]):
 
     try:
         return make(env_id, obs_mode=opts.get("obs_mode"))
-    except Exception as err:  # unknown id, bad obs_mode, missing simulator: all user-fixable
+    except Exception as err:  # noqa: BLE001 - unknown id, bad obs_mode, missing simulator: user-fixable
         raise CLIError(f"cannot make env {env_id!r}: {err}") from None
 
 
@@ -97,7 +97,7 @@ def make_agent(opts: dict[str, str], overrides: list[str]):
 
         try:
             return load_policy(ckpt, overrides)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any load failure is reported as one line
             raise CLIError(f"cannot load checkpoint {ckpt} with {overrides}: {err}") from None
     if agent == "expert":
         task = opts.get("task") or opts.get("env", "")
@@ -107,7 +107,7 @@ def make_agent(opts: dict[str, str], overrides: list[str]):
 
         try:
             return make_expert(task)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - unknown task or missing simulator
             raise CLIError(f"no expert for {task!r}: {err}") from None
     if ":" in agent:
         return _factory(agent)()
@@ -124,6 +124,7 @@ def main(argv: list[str]) -> int:
     max_steps = _number(opts, "max_steps", 300, int, lo=1)
     seed = _number(opts, "seed", 0, int)
     spin = _number(opts, "spin", 0.001, lo=0.0, hi=0.05)
+    rt = _number(opts, "rt", 0, int, lo=0, hi=99)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(opts.get("out") or f"runs/run-{stamp}")
     record = opts.get("record")
@@ -132,8 +133,8 @@ def main(argv: list[str]) -> int:
     env = make_env(opts)
     recorder = None
     if record:
-        from rtdp.datasets import ReplayBufferError
         from rtdp.control.recorder import EpisodeRecorder
+        from rtdp.datasets import ReplayBufferError
 
         try:
             recorder = EpisodeRecorder(record)
@@ -148,7 +149,7 @@ def main(argv: list[str]) -> int:
     from rtdp.hardware.client import EpisodeLost, RemoteEnvError, ServerGone
 
     loop = ControlLoop(env, agent, hz=hz, mode=mode, max_steps=max_steps, spin_s=spin,
-                       record_data=recorder is not None)
+                       record_data=recorder is not None, realtime_priority=rt)
     results, failure = [], None
     t_start = time.perf_counter()
     try:
@@ -168,7 +169,7 @@ def main(argv: list[str]) -> int:
         loop.close()
         env.close()
     summary = summarize(results)
-    config = {"mode": mode, "hz": hz, "episodes": episodes, "max_steps": max_steps, "seed": seed,
+    config = {"mode": mode, "hz": hz, "rt": rt, "episodes": episodes, "max_steps": max_steps, "seed": seed,
               "env": opts.get("env"), "checkpoint": opts.get("checkpoint"), "agent": opts.get("agent"),
               "overrides": overrides, "record": record}
     metrics.write_json(out / "metrics.json", metrics.record("control_run", config=config, summary=summary,

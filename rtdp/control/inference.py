@@ -34,10 +34,11 @@ class InferenceResult:
         return (self.end_ns - self.start_ns) / 1e9
 
 
-def infer(agent: Agent, window: dict[str, np.ndarray], obs_tick: int, obs_ns: int) -> InferenceResult:
+def infer(agent: Agent, window: dict[str, np.ndarray], obs_tick: int, obs_ns: int,
+          **act_kwargs: Any) -> InferenceResult:
     """One timed inference on the calling thread (synchronous mode)."""
     t0 = time.perf_counter_ns()
-    chunk = agent.act(window)
+    chunk = agent.act(window, **act_kwargs)
     return InferenceResult(chunk, obs_tick, obs_ns, t0, t0, time.perf_counter_ns())
 
 
@@ -73,13 +74,13 @@ class InferenceWorker:
         """True while a request is queued or running, or its result has not been collected."""
         return self._busy
 
-    def submit(self, window: dict[str, np.ndarray], obs_tick: int, obs_ns: int) -> bool:
+    def submit(self, window: dict[str, np.ndarray], obs_tick: int, obs_ns: int, **act_kwargs: Any) -> bool:
         """Start an inference unless one is in flight; returns whether it was started."""
         with self._cv:
             if self._busy or self._closed:
                 return False
             self._busy = True
-            self._request = (window, obs_tick, obs_ns, time.perf_counter_ns())
+            self._request = (window, obs_tick, obs_ns, time.perf_counter_ns(), act_kwargs)
             self._cv.notify()
         return True
 
@@ -103,12 +104,12 @@ class InferenceWorker:
                 self._cv.wait_for(lambda: self._request is not None or self._closed)
                 if self._closed:
                     return
-                window, obs_tick, obs_ns, submit_ns = self._request
+                window, obs_tick, obs_ns, submit_ns, act_kwargs = self._request
                 self._request = None
             t0 = time.perf_counter_ns()
             try:
-                chunk, error = self.agent.act(window), None
-            except BaseException as err:  # handed to the loop, which re-raises it on its own thread
+                chunk, error = self.agent.act(window, **act_kwargs), None
+            except BaseException as err:  # noqa: BLE001 - handed to the loop, which re-raises it on its own thread
                 chunk, error = None, err
             result = InferenceResult(chunk, obs_tick, obs_ns, submit_ns, t0, time.perf_counter_ns(), error)
             with self._cv:

@@ -13,6 +13,7 @@ state at tick k+1, so the chunk computed from it targets tick k+1 onward (`Actio
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -106,6 +107,10 @@ class ControlLoop:
         self.realtime_priority = int(realtime_priority)
         self._worker: InferenceWorker | None = None
         self._chunk_id = 0
+        try:
+            self._takes_n_executed = "n_executed" in inspect.signature(agent.act).parameters
+        except (TypeError, ValueError):
+            self._takes_n_executed = False
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _capture_ns(self) -> int:
@@ -124,6 +129,15 @@ class ControlLoop:
         # the tick after the chunk's last executable action: replanning aims to land a new chunk by then
         exec_ticks = math.ceil(chunk.n_exec * chunk.dt * 1e9 / self.clock.period_ns - 1e-9)
         self._exec_end_tick = res.obs_tick + exec_ticks
+        self._last_chunk = (res.obs_tick, chunk.dt)
+
+    def _act_kwargs(self, obs_tick: int) -> dict[str, Any]:
+        """`n_executed` for policies that warm-start from their previous chunk (RTI, streaming): how many of
+        its actions lie between its observation and this one, i.e. how far to shift it."""
+        if not self._takes_n_executed:
+            return {}
+        prev_tick, dt = self._last_chunk
+        return {"n_executed": max(round((obs_tick - prev_tick) * self.clock.period_ns / (dt * 1e9)), 0)}
 
     def _should_trigger(self, next_tick: int, sched: ActionScheduler) -> bool:
         """Start the next inference when the actions left to execute cover only its expected latency."""
@@ -137,7 +151,7 @@ class ControlLoop:
         sched = ActionScheduler(self.clock.period_ns)
         history = ObsHistory(getattr(self.agent, "n_obs_steps", 1))
         self.agent.reset()
-        obs, info = self.env.reset(seed=seed)
+        obs, _ = self.env.reset(seed=seed)
         obs_ns = self._capture_ns()
         history.reset(obs)
         if self.record_data:
@@ -182,7 +196,7 @@ class ControlLoop:
             if entry is None and self.mode == "sync":
                 # A gymnasium env only changes on step, so the latest observation still describes the
                 # state now: the chunk is anchored at the current tick.
-                res = infer(self.agent, history.window(), k, obs_ns)
+                res = infer(self.agent, history.window(), k, obs_ns, **self._act_kwargs(k))
                 self._merge(res, ep, sched, k)
                 rec.inferred_here = True
                 entry = sched.take(k, time.perf_counter_ns(), due)
@@ -208,7 +222,8 @@ class ControlLoop:
                 ep.terminated = bool(terminated)
             if (self.mode == "async" and not done and not worker.busy
                     and self._should_trigger(k + 1, sched)):
-                worker.submit(history.window(), k + 1, obs_ns)  # the obs describes the state at tick k+1
+                # the obs describes the state at tick k+1
+                worker.submit(history.window(), k + 1, obs_ns, **self._act_kwargs(k + 1))
             rec.end_ns = time.perf_counter_ns()
             ep.steps.append(rec)
             nxt = clock.tick_at(rec.end_ns)  # the tick whose slot we are in now

@@ -72,7 +72,7 @@ def plot_timing(ep: EpisodeResult, png_path: str | Path, summary: dict[str, Any]
     import matplotlib.pyplot as plt
 
     t0 = ep.steps[0].due_ns if ep.steps else 0
-    ms = lambda ns: (np.asarray(ns, dtype=np.float64) - t0) / 1e6  # noqa: E731
+    ms = lambda ns: (np.asarray(ns, dtype=np.float64) - t0) / 1e6
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     due = ms([s.due_ns for s in ep.steps])
     late = np.array([(s.wake_ns - s.due_ns) / 1e3 for s in ep.steps])

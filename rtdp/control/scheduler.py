@@ -52,7 +52,7 @@ class ActionScheduler:
         span_ticks = math.ceil((stop - chunk.start) * dt_ns / self.period_ns - 1e-9)
         scheduled = 0
         for j in range(obs_tick, obs_tick + span_ticks):
-            i = chunk.start + int(math.floor((j - obs_tick) * self.period_ns / dt_ns + 1e-9))
+            i = chunk.start + math.floor((j - obs_tick) * self.period_ns / dt_ns + 1e-9)
             if i >= stop:
                 break
             if j < now_tick:

@@ -104,9 +104,9 @@ class SequenceDataset(torch.utils.data.Dataset):
         if np.dtype(arr.dtype) == np.uint8:
             return 255.0
         n = self.buffer.n_steps
-        probe = gather(arr, np.unique(np.linspace(0, n - 1, num=min(n, 32)).astype(np.int64)))
+        probe = gather(arr, np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64)))
         scale = 255.0 if float(np.max(probe)) > 1.0 else 1.0
-        log.info("image key %r is %s with max %.1f on 32 probed frames: dividing by %g",
+        log.info("image key %r is %s with max %.1f on 8 probed frames: dividing by %g",
                  source, arr.dtype, float(np.max(probe)), scale)
         return scale
 

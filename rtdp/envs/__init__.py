@@ -119,5 +119,14 @@ def register_all() -> None:
 
 register_all()
 
-__all__ = ["TASKS", "TaskSpec", "make", "task_ids", "get_spec", "check_obs_mode", "register_all",
-           "UnknownTaskError", "MissingDependencyError"]
+__all__ = [
+    "TASKS",
+    "MissingDependencyError",
+    "TaskSpec",
+    "UnknownTaskError",
+    "check_obs_mode",
+    "get_spec",
+    "make",
+    "register_all",
+    "task_ids",
+]

@@ -9,7 +9,7 @@ joint position targets by damped-least-squares IK every control step; the units 
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import mujoco
@@ -53,7 +53,7 @@ def _down_rotation(yaw: float) -> np.ndarray:
 class ArmLiftEnv(gym.Env):
     """Lift the cube 8 cm off the table. Action: end-effector target (delta or absolute) + gripper command."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, obs_mode: str = "state", render_mode: str | None = None, control: str = "ee_delta",
                  image_size: int = 96, camera: str = "front", render_size: int = 256,
@@ -72,7 +72,7 @@ class ArmLiftEnv(gym.Env):
         self.model = mujoco.MjModel.from_xml_path(_model_path())
         self.data = mujoco.MjData(self.model)
         self._ik = mujoco.MjData(self.model)  # scratch data for IK, so the simulation state is never touched
-        self.n_substeps = int(round(1.0 / (self.fps * self.model.opt.timestep)))
+        self.n_substeps = round(1.0 / (self.fps * self.model.opt.timestep))
         m = self.model
         self._arm_qadr = np.array([m.joint(f"j{i}").qposadr[0] for i in range(1, 7)])
         self._arm_dadr = np.array([m.joint(f"j{i}").dofadr[0] for i in range(1, 7)])

@@ -32,13 +32,17 @@ def _make_env(task_id: str, obs_mode: str | None, render_mode: str | None, max_s
 
 
 def make_vector_env(task_id: str, n_envs: int = 2, obs_mode: str | None = None, render_mode: str | None = None,
-                    max_steps: int | None = None, context: str | None = "fork", **env_kwargs) -> gym.vector.VectorEnv:
+                    max_steps: int | None = None, context: str | None = None, **env_kwargs) -> gym.vector.VectorEnv:
     """`n_envs` copies of a task: AsyncVectorEnv (one process each) or SyncVectorEnv for a single env.
 
-    Workers are forked (no `if __name__ == "__main__"` guard needed in user scripts); they only run
-    simulator code, never torch, so the parent's thread pools do not matter. Autoreset is off: the
-    caller resets finished envs.
+    Workers that never render are forked (fast, and scripts need no `if __name__ == "__main__"` guard);
+    they run simulator code only, never torch. Workers that render (image observations, videos) are
+    spawned: a forked child inherits the parent's EGL state and hangs in its first render if the parent
+    has rendered before. Autoreset is off: the caller resets finished envs.
     """
+    if context is None:
+        renders = render_mode is not None or obs_mode == "image"
+        context = "spawn" if renders else "fork"
     fns = [functools.partial(_make_env, task_id, obs_mode, render_mode, max_steps, env_kwargs)
            for _ in range(n_envs)]
     mode = gym.vector.AutoresetMode.DISABLED

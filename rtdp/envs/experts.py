@@ -6,7 +6,7 @@ read off the observation), so batch rows never carry memory between episodes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,7 +37,8 @@ class ScriptedExpert:
 # --- arm-lift -------------------------------------------------------------------------------------------------
 def arm_lift_action(state: np.ndarray, control: str = "ee_delta") -> np.ndarray:
     """Hover above the cube, turn to its yaw, descend, close, lift: each phase read off the state vector."""
-    from rtdp.envs.arm import CUBE_HALF, MAX_DELTA_POS, MAX_DELTA_YAW, STATE_LAYOUT as L
+    from rtdp.envs.arm import CUBE_HALF, MAX_DELTA_POS, MAX_DELTA_YAW
+    from rtdp.envs.arm import STATE_LAYOUT as L
 
     tcp, yaw = state[L["tcp_pos"]], float(state[L["tcp_yaw"]][0])
     finger, cube, quat = float(state[L["gripper"]][0]), state[L["cube_pos"]], state[L["cube_quat"]]

@@ -8,7 +8,7 @@ same scene whatever process runs it. The goal is observable (39-d state), as the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -53,7 +53,7 @@ def _make_sawyer(name: str, render_mode: str | None, width: int, height: int, ca
 class MetaWorldEnv(gym.Env):
     """One Meta-World task, or several with one chosen per episode (MT10) and a one-hot task id observed."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, tasks: tuple[str, ...], obs_mode: str = "state", render_mode: str | None = None,
                  image_size: int = 96, render_size: int = 256, camera_name: str = "corner2"):

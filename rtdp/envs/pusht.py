@@ -6,7 +6,7 @@ observations (`state`, `keypoints`, `image`) and sets a recorded state in the ri
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +27,7 @@ SUCCESS_COVERAGE = 0.95
 class PushTEnv(gym.Env):
     """Push the T block onto the target at 10 Hz; actions are the commanded pusher position in pixels [0, 512]."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, obs_mode: str = "state", render_mode: str | None = None, image_size: int = 96,
                  render_size: int = 384):

@@ -7,7 +7,8 @@ This module imports only numpy, gymnasium and robosuite.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -38,7 +39,7 @@ def import_robosuite():
 class RobosuiteEnv(gym.Env):
     """A robosuite manipulation task with Dict observations, per-reset seeds and `info["success"]`."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, task_id: str = "robosuite/lift", obs_mode: str = "state", render_mode: str | None = None,
                  image_size: int = 84, camera: str = "agentview", render_size: int = 256, horizon: int = 500):
@@ -91,11 +92,26 @@ class RobosuiteEnv(gym.Env):
         sampler = getattr(self._env, "placement_initializer", None)
         for s in [sampler, *getattr(sampler, "samplers", {}).values()] if sampler is not None else []:
             s.rng = rng
+        ready = self._fast_render()
         raw = self._env.reset()
+        if not ready and self._fast_render() and self.obs_mode == "image":
+            raw = self._env._get_observations(force_update=True)  # re-render the first frame without shadows
         return self._obs(raw), {"success": False}
 
+    def _fast_render(self) -> bool:
+        """Shadows and reflections off (2-3× faster software rendering); False until robosuite has made its
+        offscreen context (during the first reset)."""
+        ctx = getattr(self._env.sim, "_render_context_offscreen", None)
+        if ctx is None:
+            return False
+        import mujoco
+
+        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        return True
+
     def step(self, action):
-        raw, reward, _, info = self._env.step(np.asarray(action, dtype=np.float64))
+        raw, reward, _, _ = self._env.step(np.asarray(action, dtype=np.float64))
         success = bool(self._env._check_success())
         return self._obs(raw), float(reward), success, False, {"success": success}
 

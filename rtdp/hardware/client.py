@@ -35,7 +35,11 @@ class ServerGone(ConnectionError):
 
 
 class RemoteEnv(gym.Env):
-    """A gymnasium env served by `rtdp serve-env` (or an `EnvServer`) at `address`."""
+    """A gymnasium env served by `rtdp serve-env` (or an `EnvServer`) at `address`.
+
+    Observation arrays are read-only views of the received network buffers (no copy); copy one before
+    writing into it.
+    """
 
     def __init__(self, address: str, *, timeout_s: float = 2.0, retries: int = 2,
                  client_id: str | None = None, context: zmq.Context | None = None):
@@ -76,8 +80,10 @@ class RemoteEnv(gym.Env):
         """Send one request and return its reply, retrying on timeout; raise on an error reply."""
         self._seq += 1
         seq = self._seq
-        # The empty first frame is the delimiter a REQ socket would send: it lets proxies route replies.
-        frames = [b"", *P.encode(kind, seq, {"client": self.client_id, **(body or {})})]
+        payload = {"client": self.client_id}
+        if body:
+            payload.update(body)
+        frames = P.encode(kind, seq, payload)
         timeout_ns = max(int(self.timeout_s * 1e9), 1_000_000)
         for attempt in range(self.retries + 1):
             sock = self._connect()
@@ -86,7 +92,7 @@ class RemoteEnv(gym.Env):
             sock.send_multipart(frames, copy=P.copy_flag(frames))
             while P.now_ns() < deadline:
                 try:
-                    parts = sock.recv_multipart(copy=False)
+                    parts = sock.recv_multipart(copy=False)  # large images stay zero-copy
                 except zmq.Again:
                     break
                 if parts and len(parts[0]) == 0:
@@ -94,9 +100,7 @@ class RemoteEnv(gym.Env):
                 reply = P.decode(parts)
                 if reply.seq != seq:
                     continue  # a late answer to an earlier, abandoned attempt
-                t_recv = P.now_ns()
-                self.last_timing = {"client_sent": t_send, "client_recv": t_recv,
-                                    **{f"server_{k}": v for k, v in reply.ts.items()}}
+                self.last_timing = {"client_sent": t_send, "client_recv": P.now_ns(), "server": reply.ts}
                 if reply.type == P.ERROR:
                     self._raise(reply)
                 return reply
@@ -163,5 +167,6 @@ class RemoteEnv(gym.Env):
     def _note_capture(self) -> None:
         """Map the server's capture time into this host's clock using only durations (no clock sync)."""
         t = self.last_timing
-        held = t.get("server_sent", 0) - t.get("server_capture", t.get("server_sent", 0))
+        server = t["server"]
+        held = server.get("sent", 0) - server.get("capture", server.get("sent", 0))
         self.last_capture_ns = t["client_recv"] - max(held, 0)

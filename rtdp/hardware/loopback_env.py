@@ -7,7 +7,7 @@ task=rtdp.hardware.loopback_env:LoopbackEnv` serves it like any other env.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -17,14 +17,14 @@ from gymnasium import spaces
 class LoopbackEnv(gym.Env):
     """Move a point to a goal in the unit square; `state` = [pos, goal, features...], `image` a top view."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, state_dim: int = 20, image_size: int = 0, max_steps: int = 200,
-                 render_mode: str | None = None):
+                 render_mode: str | None = None, terminate_on_success: bool = True):
         if state_dim < 4:
             raise ValueError("state_dim must be at least 4 (position and goal)")
         self.state_dim, self.image_size, self.max_steps = int(state_dim), int(image_size), int(max_steps)
-        self.render_mode = render_mode
+        self.render_mode, self.terminate_on_success = render_mode, terminate_on_success
         obs = {"state": spaces.Box(-1.0, 1.0, (self.state_dim,), np.float32)}
         if self.image_size:
             obs["image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -65,7 +65,8 @@ class LoopbackEnv(gym.Env):
         self._t += 1
         dist = float(np.linalg.norm(self._pos - self._goal))
         success = dist < 0.05
-        return self._obs(), -dist, success, self._t >= self.max_steps, {"success": success, "step": self._t}
+        terminated = success and self.terminate_on_success
+        return self._obs(), -dist, terminated, self._t >= self.max_steps, {"success": success, "step": self._t}
 
 
 class LoopbackExpert:

@@ -127,7 +127,7 @@ def _array(spec: Any, bufs: list[memoryview], used: list[int]) -> np.ndarray:
         i, dtype_s, shape = spec
         dtype = _dtype(dtype_s)
         shape = tuple(int(d) for d in shape)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any unpacking failure means a bad spec
         raise ProtocolError(E_MALFORMED, f"array spec {spec!r} is not [frame, dtype, shape]") from None
     if dtype.kind not in _WIRE_KINDS or min(shape, default=0) < 0:
         raise ProtocolError(E_MALFORMED, f"array: dtype {dtype} / shape {list(shape)} not allowed")
@@ -148,8 +148,10 @@ def decode(frames: list, max_bytes: int | None = None) -> Message:
     """Parse and validate the frames of one message; raise ProtocolError (with its reply code) if bad."""
     if not frames:
         raise ProtocolError(E_MALFORMED, "empty message")
-    bufs = [_buffer(f) for f in frames]
-    nbytes = sum(b.nbytes for b in bufs)
+    bufs = [f.buffer if hasattr(f, "buffer") else memoryview(f) for f in frames]
+    nbytes = 0
+    for b in bufs:
+        nbytes += b.nbytes
     if max_bytes is not None and nbytes > max_bytes:
         raise ProtocolError(E_OVERSIZED, f"message of {nbytes} bytes exceeds the limit of {max_bytes}")
     used: list[int] = []
@@ -161,10 +163,10 @@ def decode(frames: list, max_bytes: int | None = None) -> Message:
 
     try:
         env = msgpack.unpackb(bufs[0], raw=False, strict_map_key=False, object_hook=hook)
-    except ProtocolError as err:
+    except ProtocolError:
         _check_version(bufs[0])  # a message of another version is reported as such, not as malformed
-        raise err
-    except Exception as err:  # msgpack raises several unrelated exception types on garbage
+        raise
+    except Exception as err:  # noqa: BLE001 - msgpack raises several unrelated exception types on garbage
         raise ProtocolError(E_MALFORMED, f"envelope is not msgpack: {err}") from None
     if not isinstance(env, dict) or "v" not in env or "type" not in env:
         raise ProtocolError(E_MALFORMED, "envelope must be a map with 'v' and 'type'")
@@ -174,7 +176,7 @@ def decode(frames: list, max_bytes: int | None = None) -> Message:
         raise ProtocolError(E_MALFORMED, "envelope 'type' must be a string and 'seq' an integer")
     if mtype not in MESSAGE_TYPES:
         raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {mtype!r}")
-    if sorted(used) != list(range(len(bufs) - 1)):
+    if len(used) != len(bufs) - 1 or (used and sorted(used) != list(range(len(bufs) - 1))):
         raise ProtocolError(E_MALFORMED, f"{len(bufs) - 1} array frames followed the envelope but its "
                                          f"placeholders name frames {sorted(used)}")
     body = env.get("body") or {}
@@ -189,7 +191,7 @@ def _check_version(env: Any) -> None:
     if not isinstance(env, dict):
         try:
             env = msgpack.unpackb(env, raw=False, strict_map_key=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - not msgpack: not a version question
             return
         if not isinstance(env, dict):
             return
@@ -199,8 +201,11 @@ def _check_version(env: Any) -> None:
 
 
 def copy_flag(frames: list) -> bool:
-    """pyzmq `copy=` for sending `frames`: zero-copy pays off only for large frames."""
-    return all(getattr(f, "nbytes", None) is None or f.nbytes < COPY_THRESHOLD for f in frames)
+    """pyzmq `copy=` for sending `encode`'s frames: zero-copy pays off only for large arrays."""
+    for a in frames[1:]:
+        if a.nbytes >= COPY_THRESHOLD:
+            return False
+    return True
 
 
 def pack(frames: list) -> bytes:

@@ -15,7 +15,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import gymnasium as gym
 import numpy as np
@@ -51,17 +51,18 @@ def _own(obs: Any) -> Any:
 
 
 def _split_route(frames: list) -> tuple[list[bytes], list]:
-    """Split a ROUTER message into its routing envelope (peer ids + empty delimiter) and the message.
+    """Split a ROUTER message into its routing envelope and the protocol message.
 
-    Clients send an empty delimiter frame first (as a REQ socket does), so requests pass through
-    ROUTER/DEALER proxies, each adding its peer id in front. A DEALER that sends no delimiter also works.
+    The first frame is the peer id ROUTER adds. ROUTER/DEALER proxies in between add theirs (ZeroMQ's
+    generated ids: 5 bytes, the first 0; an envelope always starts with a msgpack map header instead),
+    and a REQ client adds an empty delimiter: all of that is sent back in front of the reply.
     """
-    for i in range(1, min(len(frames), 8)):
-        if len(frames[i]) == 0:
-            if all(len(f) == 5 and f.bytes[0] == 0 for f in frames[1:i]):  # zmq's generated peer ids
-                return [f.bytes for f in frames[:i]] + [b""], frames[i + 1 :]
-            break
-    return [frames[0].bytes], frames[1:]
+    i, n = 1, len(frames)
+    while i < n and len(frames[i]) == 5 and frames[i][0] == 0:
+        i += 1
+    if i < n and len(frames[i]) == 0:
+        i += 1
+    return frames[:i], frames[i:]
 
 
 class EnvServer:
@@ -102,7 +103,9 @@ class EnvServer:
         self._sock.setsockopt(zmq.RCVTIMEO, poll_ms)
         while not self._stop.is_set():
             try:
-                frames = self._sock.recv_multipart(copy=False)  # large actions stay zero-copy
+                # bytes, not zmq.Frame objects: requests are small (actions), and a Frame costs more to
+                # make than copying them
+                frames = self._sock.recv_multipart(copy=True)
             except zmq.Again:
                 continue
             self._handle(frames)
@@ -133,7 +136,7 @@ class EnvServer:
         if self.publisher is not None:
             self.publisher.close()
 
-    def __enter__(self) -> EnvServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -148,11 +151,11 @@ class EnvServer:
         try:
             msg = P.decode(rest, max_bytes=self.max_message_bytes)
             seq = msg.seq
-            client = str(msg.body.get("client") or head[0].hex())
+            client = str(msg.body.get("client") or bytes(head[0]).hex())
             reply = self._dispatch(client, msg, t_recv)
         except P.ProtocolError as err:
             reply = self._error(seq, err.code, str(err))
-        except Exception as err:  # a bug must not take the server down for every other client
+        except Exception as err:
             log.exception("internal error while serving a request")
             reply = self._error(seq, P.E_INTERNAL, f"{type(err).__name__}: {err}")
         self._sock.send_multipart(head + reply, copy=P.copy_flag(reply))
@@ -201,7 +204,7 @@ class EnvServer:
             reply = self._execute(client, session, msg, t_recv)
         except P.ProtocolError as err:
             reply = self._error(msg.seq, err.code, str(err))
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - the env's failure goes back to its client
             log.warning("env raised on %s: %s", kind, traceback.format_exc(limit=3))
             reply = self._error(msg.seq, P.E_ENV, f"the env raised {type(err).__name__}: {err}")
         session.last_seq, session.last_reply = msg.seq, reply

@@ -55,7 +55,7 @@ def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str,
     start = policy.n_obs_steps - 1
     if start + n_exec > policy.horizon:
         raise ValueError(f"n_exec {n_exec} does not fit the horizon {policy.horizon} after To-1 = {start}")
-    shape_of = lambda n: (n, policy.horizon, policy.action_dim)  # noqa: E731
+    shape_of = lambda n: (n, policy.horizon, policy.action_dim)
     n = next(iter(obs_now.values())).shape[0]
     full = DDIMSampler(schedule, num_steps)
     floor, devs, nfe = [], {w: [] for w in range(1, num_steps + 1)}, {}
@@ -65,27 +65,27 @@ def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str,
             sl = slice(lo, min(lo + batch_size, n))
             cond_now = policy.encoder({k: v[sl] for k, v in obs_now.items()})
             cond_next = policy.encoder({k: v[sl] for k, v in obs_next.items()})
-            fn_now = lambda x, k, c=cond_now: policy.denoiser(x, k, c)  # noqa: E731
-            fn_next = lambda x, k, c=cond_next: policy.denoiser(x, k, c)  # noqa: E731
+            fn_now = lambda x, k, c=cond_now: policy.denoiser(x, k, c)
+            fn_next = lambda x, k, c=cond_next: policy.denoiser(x, k, c)
             shape = shape_of(sl.stop - sl.start)
             prev = _threshold(full.sample(fn_now, shape, generator=generator), discrete_dims)
             ref = _threshold(full.sample(fn_next, shape, generator=generator), discrete_dims)
             other = _threshold(full.sample(fn_next, shape, generator=generator), discrete_dims)
             floor.append(executed_deviation(other, ref, start, n_exec))
-            for w in devs:
+            for w, dev in devs.items():
                 rti = RTISampler(schedule, num_steps=num_steps, warm_steps=w, n_action_steps=n_exec,
                                  discrete_dims=discrete_dims, discrete_mode=discrete_mode)
                 rti.set_previous(prev)
                 out = rti.sample(fn_next, shape, generator=generator, n_executed=n_exec)
                 nfe[w] = rti.last_nfe
-                devs[w].append(executed_deviation(out, ref, start, n_exec))
+                dev.append(executed_deviation(out, ref, start, n_exec))
             if on_point is not None:
                 on_point()
     points = []
-    for w in devs:
+    for w, dev in devs.items():
         tau = grid[-(w + 1)]
         points.append({"warm_steps": w, "tau": tau, "cold": w == num_steps, "nfe_per_call": nfe[w],
-                       "nfe_per_action": nfe[w] / n_exec, **_stats(torch.cat(devs[w]))})
+                       "nfe_per_action": nfe[w] / n_exec, **_stats(torch.cat(dev))})
     return {"num_steps": num_steps, "grid": grid, "n_exec": n_exec, "n_windows": int(n),
             "discrete_dims": list(discrete_dims), "discrete_mode": discrete_mode,
             "full_nfe_per_action": num_steps / n_exec, "noise_floor": _stats(torch.cat(floor)), "points": points}

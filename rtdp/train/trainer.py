@@ -107,8 +107,9 @@ def _index(batch: Any, idx: torch.Tensor) -> Any:
     return batch[idx]
 
 
-def build_datasets(cfg: DictConfig) -> tuple[Any, Any, Normalizer]:
-    """Training and validation SequenceDatasets of the task spec, and the normaliser fitted on training episodes."""
+def build_datasets(cfg: DictConfig, copy_to_memory: bool = True) -> tuple[Any, Any, Normalizer]:
+    """Training and validation SequenceDatasets of the task spec, and the normaliser fitted on training episodes
+    (the replay buffer is copied into memory unless `copy_to_memory` is false, e.g. for large image sets)."""
     from rtdp.datasets import ReplayBuffer, ReplayBufferError
     from rtdp.datasets.dataset import SequenceDataset
 
@@ -126,7 +127,8 @@ def build_datasets(cfg: DictConfig) -> tuple[Any, Any, Normalizer]:
             raise DataError(f"dataset {str(path)!r} has no key(s) {missing} that task {cfg.task.name!r} maps "
                             f"observations/actions from (it has: {', '.join(buffer.keys())}); fix task.obs/"
                             "task.action or use the dataset collected for this task")
-        buffer = ReplayBuffer.copy_to_memory(buffer, keys)
+        if copy_to_memory:
+            buffer = ReplayBuffer.copy_to_memory(buffer, keys)
         ds = SequenceDataset(buffer, obs, action, horizon=int(cfg.policy.horizon),
                              n_obs_steps=int(cfg.policy.n_obs_steps), n_action_steps=int(cfg.policy.n_action_steps),
                              val_ratio=float(cfg.training.val_ratio), seed=int(cfg.seed))
@@ -143,6 +145,12 @@ def data_meta(ds: Any) -> dict[str, Any]:
     sample = ds.sample_batch([0])
     return {"obs_shapes": {k: list(v.shape[2:]) for k, v in sample["obs"].items()},
             "action_dim": int(sample["action"].shape[-1])}
+
+
+def window_bytes(ds: Any) -> int:
+    """Bytes of one training window (all observation frames + the action chunk)."""
+    sample = ds.sample_batch([0])
+    return sum(t.numel() * t.element_size() for t in [*sample["obs"].values(), sample["action"]])
 
 
 # ------------------------------------------------------------------------------------------------- schedule
@@ -197,13 +205,16 @@ class Trainer:
             torch.set_num_threads(int(cfg.num_threads))
         self._check_out_dir()
         torch.manual_seed(int(cfg.seed))
-        self.train_ds, self.val_ds, self.normalizer = build_datasets(cfg)
+        in_memory = cfg.training.data_in_memory
+        self.train_ds, self.val_ds, self.normalizer = build_datasets(cfg, copy_to_memory=in_memory is not False)
         self.meta = data_meta(self.train_ds)
+        if in_memory == "auto":  # gather every window once when they fit in a few GiB (low-dim tasks do)
+            in_memory = window_bytes(self.train_ds) * len(self.train_ds) < 2 * 2**30
         self.policy = make_policy(cfg.policy, cfg.sampler, self.meta["obs_shapes"], self.meta["action_dim"],
                                   self.normalizer, fps=float(cfg.task.get("fps", 10)),
                                   crop_shape=cfg.task.get("crop_shape")).to(self.device)
         tr = cfg.training
-        in_memory = bool(tr.data_in_memory)
+        in_memory = bool(in_memory)
         self.data = TrainingData(self.train_ds, in_memory, self.device)
         self.val_data = TrainingData(self.val_ds, in_memory, self.device) if self.val_ds is not None else None
         optim = cfg.policy.optim

@@ -17,12 +17,14 @@ class TimedAgent:
         self.latency_s, self.n_exec, self.horizon, self.dt = latency_s, n_exec, horizon, dt
         self.n_obs_steps, self.nfe, self.fail_on_call, self.on_call = n_obs_steps, nfe, fail_on_call, on_call
         self.calls = 0
+        self.n_executed: list[int] = []
 
     def reset(self) -> None:
         pass
 
-    def act(self, obs: dict[str, np.ndarray]) -> ActionChunk:
+    def act(self, obs: dict[str, np.ndarray], n_executed: int | None = None) -> ActionChunk:
         self.calls += 1
+        self.n_executed.append(n_executed)
         if self.on_call is not None:
             self.on_call(self.calls)
         if self.fail_on_call == self.calls:

@@ -13,7 +13,7 @@ from rtdp.hardware import EnvServer, RemoteEnv
 from rtdp.hardware.loopback_env import LoopbackEnv, LoopbackExpert
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from control_agents import TimedAgent  # noqa: E402
+from control_agents import TimedAgent
 
 HZ = 20.0
 PERIOD_NS = int(1e9 / HZ)
@@ -108,4 +108,27 @@ def test_control_loop_imports_without_torch():
     import subprocess
 
     code = "import sys, rtdp.control, rtdp.control.report, rtdp.control.recorder; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], timeout=120, check=False).returncode == 0
+
+
+def test_realtime_priority_is_applied_for_the_episode_and_restored():
+    import os
+
+    before = os.sched_getscheduler(0)
+    loop = ControlLoop(_env(), TimedAgent(0.0, n_exec=4, dt=1 / HZ), hz=HZ, mode="sync", max_steps=5,
+                       realtime_priority=10)
+    ep = loop.run_episode(seed=0)
+    loop.close()
+    assert ep.realtime == "SCHED_FIFO 10" or ep.realtime.startswith("unavailable")
+    assert os.sched_getscheduler(0) == before and ep.n_env_steps == 5
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_warm_starting_policies_are_told_how_far_their_previous_chunk_moved(mode):
+    agent = TimedAgent(0.01, n_exec=4, dt=1 / HZ)
+    (ep,) = run_episodes(_env(), agent, hz=HZ, mode=mode, max_steps=12)
+    assert agent.n_executed[0] is None  # the warm-up has no previous chunk... (called without the kwarg)
+    shifts = [c.obs_tick - p.obs_tick for p, c in zip(ep.chunks, ep.chunks[1:])]
+    assert agent.n_executed[1 : 1 + len(shifts)] == shifts  # chunk dt == period: ticks == actions
+    if mode == "sync" and not ep.scheduler_counts.get("dropped_late"):
+        assert set(shifts) == {4}

@@ -19,8 +19,8 @@ from rtdp.hardware import RemoteEnv, ServerGone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hardware"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from control_agents import TimedAgent  # noqa: E402
-from wire_helpers import spawn_server  # noqa: E402
+from control_agents import TimedAgent
+from wire_helpers import spawn_server
 
 LOOPBACK = "rtdp.hardware.loopback_env:LoopbackEnv"
 EXPERT = "rtdp.hardware.loopback_env:LoopbackExpert"
@@ -86,3 +86,15 @@ def test_server_killed_mid_run_keeps_every_completed_episode(tmp_path):
         proc.kill()
         proc.wait(timeout=10)
         proc.stdout.close(), proc.stderr.close()
+
+
+def test_run_against_a_served_env_over_tcp(tmp_path):
+    from rtdp.hardware import EnvServer
+    from rtdp.hardware.loopback_env import LoopbackEnv
+
+    with EnvServer(lambda: LoopbackEnv(image_size=96), "tcp://127.0.0.1:*").start() as srv:
+        assert run_main([f"agent={EXPERT}", f"env={srv.endpoint}", "hz=50", "mode=async",
+                         f"out={tmp_path}"]) == 0
+        assert srv.stats["steps"] > 0
+    s = json.loads((tmp_path / "metrics.json").read_text())["summary"]
+    assert s["success_rate"] == 1.0 and s["executed_actions"] == srv.stats["steps"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import rtdp.envs as envs
+from rtdp import envs
 from rtdp.cli.main import main as rtdp_main
 from rtdp.datasets.replay_buffer import ReplayBuffer
 from rtdp.envs.collect import collect
@@ -87,3 +87,12 @@ def test_cli_collect_writes_a_buffer_and_rejects_bad_input(tmp_path, capsys):
     assert "no scripted expert" in capsys.readouterr().err
     assert rtdp_main(["collect", "task=arm-lift", "episodes=two", f"out={bad}"]) == 2
     assert not bad.exists()
+
+
+def test_image_mode_collection_writes_uint8_frames_beside_the_state(tmp_path):
+    collect("arm-lift", 1, tmp_path / "img.zarr", obs_mode="image", progress=False,
+            env_kwargs={"image_size": 48})
+    buf = ReplayBuffer.open(tmp_path / "img.zarr")
+    assert sorted(buf.keys()) == ["action", "image", "state"]
+    assert buf["image"].dtype == np.uint8 and tuple(buf["image"].shape[1:]) == (48, 48, 3)
+    assert buf["image"].shape[0] == buf["state"].shape[0] == buf["action"].shape[0]

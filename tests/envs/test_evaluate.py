@@ -105,3 +105,18 @@ def test_cli_eval_writes_json_and_plot_and_rejects_bad_input(tmp_path, capsys):
     assert rtdp_main(["eval", "task=arm-lift", f"checkpoint={tmp_path / 'missing.safetensors'}", f"out={bad}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not bad.exists()
+
+
+@pytest.mark.slow
+def test_collect_train_eval_checkpoint_end_to_end(tmp_path):
+    """`rtdp collect` → `rtdp train` (a few steps) → `rtdp eval checkpoint=…` with a sampler override; the
+    task, observation mode and episode limit come from the checkpoint's config."""
+    data, run, out = tmp_path / "arm.zarr", tmp_path / "run", tmp_path / "eval"
+    assert rtdp_main(["collect", "task=arm-lift", "episodes=3", f"out={data}", "progress=false"]) == 0
+    assert rtdp_main(["train", "task=arm_lift", f"task.dataset.path={data}", f"out_dir={run}",
+                      "training.num_steps=4", "training.batch_size=8", "training.val_every=0"]) == 0
+    assert rtdp_main(["eval", f"checkpoint={run / 'checkpoints' / 'last'}", "episodes=2", "n_envs=2",
+                      f"out={out}", "progress=false", "sampler.num_steps=2", "max_steps=20"]) == 0
+    rec = json.loads((out / "eval.json").read_text())
+    assert rec["summary"]["task"] == "arm-lift" and rec["summary"]["n_episodes"] == 2
+    assert rec["summary"]["nfe_per_action"] > 0 and [e["length"] for e in rec["episodes"]] == [20, 20]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import rtdp.envs as envs
+from rtdp import envs
 from rtdp.envs.experts import make_expert
 from rtdp.envs.metaworld import MT10_TASKS
 

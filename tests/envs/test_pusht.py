@@ -7,7 +7,7 @@ import pytest
 import zarr
 from gymnasium.utils.env_checker import check_env
 
-import rtdp.envs as envs
+from rtdp import envs
 
 
 @pytest.fixture(scope="module")

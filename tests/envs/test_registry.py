@@ -7,7 +7,7 @@ import importlib.util
 import gymnasium as gym
 import pytest
 
-import rtdp.envs as envs
+from rtdp import envs
 from rtdp.envs.errors import MissingDependencyError, UnknownTaskError
 
 
@@ -45,3 +45,11 @@ def test_any_metaworld_v3_task_id_resolves_and_unknown_ones_are_named():
     assert envs.get_spec("metaworld/hammer-v3").extra == "sim"
     with pytest.raises(UnknownTaskError, match="unknown Meta-World task 'hamer-v3'"):
         envs.make("metaworld/hamer-v3")
+
+
+def test_missing_metaworld_names_the_extra_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # as if it were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[sim\]'"):
+        envs.make("metaworld/reach-v3")

@@ -11,7 +11,7 @@ from rtdp.hardware import EnvServer
 from rtdp.hardware.loopback_env import LoopbackEnv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wire_helpers import spawn_server  # noqa: E402
+from wire_helpers import spawn_server
 
 
 @pytest.fixture

@@ -10,5 +10,5 @@ def test_hardware_and_serve_env_import_without_torch():
     code = ("import sys, rtdp.hardware, rtdp.hardware.loopback_env, rtdp.cli.serve_env; "
             "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, f"torch imported by rtdp.hardware: {out.stdout} {out.stderr}"

@@ -7,8 +7,8 @@ import time
 import numpy as np
 
 from rtdp.hardware import CommandReceiver, CommandSender, RemoteEnv, StatePublisher, StateSubscriber
-from rtdp.hardware.server import EnvServer
 from rtdp.hardware.loopback_env import LoopbackEnv
+from rtdp.hardware.server import EnvServer
 
 
 def _wait_connected(send, recv, timeout_s: float = 5.0):

@@ -50,10 +50,10 @@ def test_remote_episode_matches_local_env_step_for_step(server):
 
 def test_each_client_has_its_own_env(server):
     a, b = RemoteEnv(server.endpoint), RemoteEnv(server.endpoint)
-    oa, _ = a.reset(seed=1)
+    a.reset(seed=1)
     ob, _ = b.reset(seed=2)
     for _ in range(3):
-        oa, *_ = a.step(np.ones(2, np.float32))
+        a.step(np.ones(2, np.float32))
     ob2 = b.observe()
     np.testing.assert_array_equal(ob["state"], ob2["state"])  # b's env did not move with a's steps
     a.close(), b.close()

@@ -11,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from rtdp.cli.main import main as rtdp_main
+from rtdp.datasets import ReplayBuffer
 from rtdp.datasets.dataset import SequenceDataset
 from rtdp.policy.calibration import pick_tau, sweep_rti
 from rtdp.policy.factory import make_policy
@@ -30,14 +31,29 @@ def train_config(*overrides: str):
         return compose("train", overrides=["policy=sdp_unet", "task=pusht_keypoints", *TINY, *overrides])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are latency-bound: a second intra-op thread only adds spin-waits on a loaded 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def tiny_run(pusht_zarr, tmp_path_factory):
+def pusht_memory(pusht_zarr):
+    """The PushT replay buffer copied into memory (reading zarr chunks per batch is slow)."""
+    return ReplayBuffer.copy_to_memory(ReplayBuffer.open(pusht_zarr, "r"), ["keypoint", "state", "action"])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(pusht_zarr, pusht_memory, tmp_path_factory):
     """A tiny sdp_unet trained for 80 steps on 12 PushT episodes, saved as an `rtdp train` checkpoint."""
     torch.manual_seed(0)
     cfg = train_config(f"task.dataset.path={pusht_zarr}")
     mask = np.zeros(206, dtype=bool)
     mask[:12] = True
-    ds = SequenceDataset(pusht_zarr, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=8,
+    ds = SequenceDataset(pusht_memory, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=8,
                          episode_mask=mask)
     ds.normalizer = normalizer = ds.get_normalizer()
     meta = data_meta(ds)
@@ -128,9 +144,9 @@ def test_the_calibration_picks_the_smallest_tau_within_tolerance_on_a_hand_made_
     assert pick_tau(points, 0.05) is None
 
 
-def test_the_calibration_sweep_on_a_real_policy_reports_every_tau_and_its_cost(tiny_run, pusht_zarr):
+def test_the_calibration_sweep_on_a_real_policy_reports_every_tau_and_its_cost(tiny_run, pusht_memory):
     policy = load_policy(tiny_run)
-    ds = SequenceDataset(pusht_zarr, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=1,
+    ds = SequenceDataset(pusht_memory, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=1,
                          episode_mask=np.arange(206) == 150, normalizer=policy.normalizer)
     idx = np.arange(0, 40, 2)
     now, nxt = ds.sample_batch(idx)["obs"], ds.sample_batch(idx + 2)["obs"]
@@ -177,23 +193,17 @@ def test_calibrate_rti_cli_refuses_bad_input_with_exit_2_and_writes_nothing(tiny
 
 def test_eval_with_sampler_sdp_reaches_the_streaming_sampler(tiny_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert rtdp_main(["eval", "task=pusht", f"checkpoint={tiny_run}", "sampler=sdp", "episodes=1", "n_envs=1",
+    assert rtdp_main(["eval", "task=pusht", "obs_mode=keypoints", f"checkpoint={tiny_run}", "sampler=sdp", "episodes=1", "n_envs=1",
                       "max_steps=10", f"out={out}", "progress=false"]) == 0
     summary = json.loads((out / "eval.json").read_text())["summary"]
     assert summary["mean_length"] == 10
     assert summary["nfe_per_action"] == pytest.approx((15 + 9) / 10)  # start-up sample, then 1 per step
 
 
-def test_rti_runs_in_the_asynchronous_control_loop(tiny_run):
-    from rtdp.control.loop import run_episodes
-    from rtdp.envs import make
-
-    policy = load_policy(tiny_run, ["sampler=rti", "sampler.warm_steps=2"])
-    env = make("pusht", obs_mode="keypoints")
-    try:
-        (ep,) = run_episodes(env, policy, n_episodes=1, seed=0, hz=20, mode="async", max_steps=12)
-    finally:
-        env.close()
-    assert ep.n_env_steps == 12
-    nfe = [c.nfe for c in ep.chunks]
-    assert nfe[0] == 10 and len(nfe) >= 3 and all(n == 2 for n in nfe[1:])
+def test_run_with_sampler_rti_in_async_mode_reaches_the_warm_start(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    assert rtdp_main(["run", f"checkpoint={tiny_run}", "env=pusht", "obs_mode=keypoints", "sampler=rti",
+                      "sampler.warm_steps=2", "mode=async", "hz=20", "max_steps=12", f"out={out}"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["executed_actions"] == 12 and summary["chunks"] >= 3
+    assert summary["nfe_total"] == 10 + 2 * (summary["chunks"] - 1)  # a cold start, then warm calls of 2

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from rtdp.policy.levels import StreamingLevels, make_level_sampler
-from rtdp.policy.samplers import DDIMSampler, DDPMSampler, RTISampler, StreamingSampler, shift_and_pad, staircase
+from rtdp.policy.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    RTISampler,
+    StreamingSampler,
+    shift_and_pad,
+    staircase,
+)
 from rtdp.policy.schedules import DDPMSchedule
 
 B, T, DA, TO = 2, 16, 2, 2
@@ -159,3 +166,13 @@ def test_a_gripper_flip_is_followed_within_one_step_when_the_discrete_dimension_
     closed = (out[:, TO - 1, 0] == -1.0).float().mean().item()
     assert (closed > 0.95) if follows else (closed < 0.5)
     assert rti.last_nfe == 2 + (mode == "reinit")  # re-deciding the gripper costs one evaluation
+
+
+def test_streaming_returns_the_clean_head_and_a_denoised_estimate_for_the_still_noisy_tail():
+    sdp = StreamingSampler(DDPMSchedule(), horizon=T, n_obs_steps=TO, n_action_steps=1)
+    g = torch.Generator().manual_seed(9)
+    sdp.sample(toy_model, (B, T, DA), generator=g)
+    x_before = sdp.x.clone()
+    out = sdp.sample(toy_model, (B, T, DA), generator=g)
+    assert out.abs().max() <= 1.0  # every position is a clipped x̂0 estimate or a clean action, never raw noise
+    assert x_before.abs().max() > 1.0  # while the buffer itself held noisy iterates

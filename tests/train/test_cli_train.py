@@ -36,6 +36,7 @@ def test_print_config(capsys):
     (["policy=unet9"], "Could not find 'policy/unet9' (available: "),
     (["task.dataset.path=/nonexistent/data.zarr"], "dataset '/nonexistent/data.zarr' (task pusht_keypoints) does not exist"),
     (["positional"], "expected key=value overrides"),
+    (["device=cuda"], "CUDA is not available; use device=cpu"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, args, message):
     out = tmp_path / "run"

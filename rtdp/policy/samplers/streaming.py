@@ -3,8 +3,9 @@
 Positions from `To-1` on form `h = ⌊(T-(To-1))/Ta⌋` chunks of `Ta` actions (a trailing partial chunk joins the
 last; positions before `To-1` share chunk 0); chunk j sits at inference level `k_j = N(j+1)/h - 1` of N levels
 (-1 = clean, N-1 = pure noise). Each call steps every position once per evaluation, using its own level,
-until chunk 0 is clean (N/h evaluations), returns the buffer, then shifts it by Ta and refills it to the
-staircase: the new tail with fresh noise, positions below their staircase level forward-noised up to it.
+until chunk 0 is clean (N/h evaluations), returns the buffer (its still-noisy tail as the x̂0 estimate), then
+shifts it by Ta and refills it to the staircase: the new tail with fresh noise, positions below their
+staircase level forward-noised up to it.
 With h = 1 every call is the plain N-step sampler, which the tests check bit-for-bit.
 """
 
@@ -86,6 +87,7 @@ class StreamingSampler(Sampler):
             raise ValueError(f"sdp: buffer horizon is {self.horizon}, asked for chunks of {shape[1]}")
         if self.x is None or self.x.shape != torch.Size(shape):
             self._start(shape, generator, device, dtype)
+        x0 = self.x
         while int(self.levels[:, self.first].max()) > -1:
             k = self.schedule_levels(self.levels)
             nxt = (self.levels - 1).clamp_min(-1)
@@ -99,7 +101,9 @@ class StreamingSampler(Sampler):
                 stepped = self.schedule.ddim_step(x0, eps, k_next)
                 self.x = torch.where((nxt < self.levels).unsqueeze(-1), stepped, self.x)
             self.levels = nxt
-        out = self.x.clone()
+        # Clean positions as they are; still-noisy ones (the later chunks) as the last x̂0 estimate, so that the
+        # whole chunk is a usable plan (an asynchronous loop may execute past the head when inference is late).
+        out = torch.where((self.levels >= 0).unsqueeze(-1), x0, self.x)
         self._advance(generator)
         return out
 

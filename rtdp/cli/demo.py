@@ -1,0 +1,119 @@
+"""`rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [out=runs/demo]`: the main job end to end
+on the embedded default, rtdp's own MuJoCo arm (arm-lift).
+
+1. data: `rtdp data info` on the PushT human demonstrations in ../shared (skipped when absent);
+2. collect: scripted-expert demonstrations of arm-lift into a replay buffer (resumable);
+3. train: a CPU-size streaming U-Net (`policy=sdp_unet`) for a few minutes (a finished run is reused);
+4. eval: the same weights with DDIM-10 (Ta=8) and with the streaming sampler (replans every step);
+5. run: the env served over ZeroMQ in another process, the policy in the fixed-rate loop with asynchronous
+   streaming inference; timing metrics and plot.
+Each step calls the same subcommand a user would; everything lands under `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rtdp.cli.collect import _int, parse_kv
+from rtdp.cli.main import CLIError
+from rtdp.cli.main import main as rtdp
+
+USAGE = "rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [out=runs/demo]"
+SHARED_PUSHT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pusht_cchi_v7_replay.zarr"
+
+
+def _step(console: Console, title: str, argv: list[str]) -> None:
+    """Run one `rtdp` subcommand in-process; a failure stops the demo with the step named."""
+    console.rule(f"[bold]{title}")
+    console.print(f"$ rtdp {' '.join(argv)}", style="dim")
+    code = rtdp(argv)
+    if code:
+        raise CLIError(f"step '{title}' failed (exit {code}); see the message above")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _summary(path: Path) -> dict:
+    """The `summary` of a metrics record written by `rtdp eval` / `rtdp run` (empty when missing)."""
+    return json.loads(path.read_text()).get("summary", {}) if path.is_file() else {}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_kv(argv, USAGE)
+    episodes = _int(args, "episodes", 50)
+    minutes = float(args.pop("minutes", 4))
+    eval_episodes = _int(args, "eval_episodes", 10)
+    hz = _int(args, "hz", 20)
+    out = Path(str(args.pop("out", "runs/demo")))
+    if args:
+        raise CLIError(f"unknown option(s) {sorted(args)}; usage: {USAGE}")
+    console = Console()
+    t0 = time.perf_counter()
+
+    if SHARED_PUSHT.exists():
+        _step(console, "1/5 data: the PushT human demonstrations", ["data", "info", str(SHARED_PUSHT)])
+    else:
+        console.print(f"[yellow]skipping the PushT data step: {SHARED_PUSHT} not found")
+
+    data = out / "arm_lift.zarr"
+    _step(console, "2/5 collect: scripted arm-lift demonstrations",
+          ["collect", "task=arm-lift", f"episodes={episodes}", f"out={data}", "seed=0"])
+
+    train_dir = out / "train"
+    ckpt = train_dir / "checkpoints" / "last"
+    if (ckpt / "model.safetensors").is_file():
+        console.rule("[bold]3/5 train")
+        console.print(f"reusing the trained policy in {ckpt} (delete {train_dir} to train again)")
+    else:
+        _step(console, f"3/5 train: streaming U-Net, {minutes:g} min on the CPU",
+              ["train", "policy=sdp_unet", "task=arm_lift", f"task.dataset.path={data.resolve()}",
+               f"out_dir={train_dir}", f"training.max_minutes={minutes}", "training.num_steps=1500",
+               "training.val_every=500", "training.checkpoint_every=500"])
+
+    results = {}
+    for name, overrides in (("ddim10", ["sampler=ddim"]), ("sdp", ["sampler=sdp"])):
+        _step(console, f"4/5 eval: {name}, {eval_episodes} seeded episodes",
+              ["eval", "task=arm-lift", f"checkpoint={train_dir}", f"episodes={eval_episodes}", "n_envs=2",
+               f"out={out / f'eval_{name}'}", *overrides])
+        results[name] = _summary(out / f"eval_{name}" / "eval.json")
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "rtdp.cli.main", "serve-env", "task=arm-lift",
+                               "--bind", f"tcp://127.0.0.1:{port}"], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _step(console, f"5/5 run: {hz} Hz control loop, async streaming inference, env over ZeroMQ",
+              ["run", f"checkpoint={train_dir}", f"env=tcp://127.0.0.1:{port}", "task=arm-lift", "mode=async",
+               f"hz={hz}", "episodes=2", "max_steps=200", f"out={out / 'run'}", "sampler=sdp"])
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    run = _summary(out / "run" / "metrics.json")
+
+    table = Table(title=f"rtdp demo (arm-lift), {time.perf_counter() - t0:.0f} s; files under {out}")
+    for col in ("", "success", "NFE / action", "inference p50 / p99 (ms)"):
+        table.add_column(col)
+    for name, r in results.items():
+        table.add_row(f"eval {name}", f"{r.get('success_rate', float('nan')):.2f}",
+                      f"{r.get('nfe_per_action', float('nan')):.2f}", "")
+    lat = run.get("inference_latency", {})
+    table.add_row(f"run sdp @ {hz} Hz async", f"{run.get('success_rate', float('nan')):.2f}",
+                  f"{run.get('nfe_per_executed_action', float('nan')):.2f}",
+                  f"{lat.get('p50_ms', 0):.1f} / {lat.get('p99_ms', 0):.1f}")
+    console.print(table)
+    console.print(f"deadline misses: {run.get('deadline_misses')}, period error p99: "
+                  f"{run.get('period_error', {}).get('p99_ms', float('nan')):.3f} ms "
+                  f"(timing plot: {out / 'run' / 'timing.png'})")
+    return 0
