@@ -252,7 +252,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
         x = np.arange(len(names))
         row[2].bar(x - 0.2, [m[n]["per_control_step"]["p50_ms"] for n in names], 0.4, label="p50 per step")
         row[2].bar(x + 0.2, [m[n]["per_control_step"]["p99_ms"] for n in names], 0.4, label="p99 per step")
-        lr = rec.get("lerobot", {}).get("ddim10")
+        lr = (rec.get("lerobot") or {}).get("ddim10")
         if lr:
             row[2].axhline(lr["per_chunk"]["p50_ms"], color="k", ls=":", label="LeRobot DP DDIM-10 chunk")
         row[2].set_xticks(x, names)
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                          notes=["same trained weights for ddpm100, ddim10, sdp and rti (policy=sdp_unet)",
                                 "wall times measured on a shared 2-core CPU while other jobs ran: noisy",
                                 "per_control_step excludes each episode's start-up call (reported as startup_call)"])
+    metrics.write_json(out, new)  # first: a plotting error must not lose the measurements
     plot(new, out.with_suffix(".png"))
-    metrics.write_json(out, new)
     print(json.dumps(new, indent=2))
     return 0
 

@@ -10,47 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rtdp.cli.args import _int, parse_kv
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp collect task=ID episodes=N out=PATH.zarr [seed=0] [obs_mode=MODE] [keep_failed=false] "
          "[max_steps=N] [progress=true] [env key=value ...]")
-
-
-def parse_value(text: str) -> Any:
-    """`3` -> 3, `0.5` -> 0.5, `true` -> True, `none` -> None, anything else stays a string."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_kv(argv: list[str], usage: str) -> dict[str, Any]:
-    """`key=value` arguments into a dict (values typed by `parse_value`); anything else is a usage error."""
-    out: dict[str, Any] = {}
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            raise SystemExit(print(usage) or 0)
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise CLIError(f"expected key=value, got {arg!r}; usage: {usage}")
-        out[key.lstrip("-").replace("-", "_")] = parse_value(value)
-    return out
-
-
-def _int(args: dict[str, Any], key: str, default: int | None = None) -> int | None:
-    value = args.pop(key, default)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CLIError(f"{key} must be an integer, got {value!r}")
-    return value
 
 
 def task_args(args: dict[str, Any], usage: str) -> tuple[str, str | None]:

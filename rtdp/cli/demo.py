@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rtdp.cli.collect import _int, parse_kv
+from rtdp.cli.args import _int, parse_kv
 from rtdp.cli.main import CLIError
 from rtdp.cli.main import main as rtdp
 

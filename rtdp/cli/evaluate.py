@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtdp.cli.collect import _int, parse_kv, task_args
+from rtdp.cli.args import _int, parse_kv
+from rtdp.cli.collect import task_args
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] [episodes=50] [seed=0] [n_envs=2] out=DIR "

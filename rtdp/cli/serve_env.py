@@ -15,25 +15,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from rtdp.cli.args import parse_value
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp serve-env task=ID [key=value ...] [--bind tcp://127.0.0.1:5555] [--pub tcp://127.0.0.1:5556] "
          "[--max-sessions N] [--max-message-mb M]")
-
-
-def parse_value(text: str) -> Any:
-    """`3` -> 3, `0.5` -> 0.5, `true` -> True, `none` -> None, anything else stays a string."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def env_factory(task: str, kwargs: dict[str, Any]) -> Callable[[], Any]:
