@@ -1,10 +1,12 @@
-"""`rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.25x] [seed=0] [out=DIR]
+"""`rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.1x] [seed=0] [out=DIR]
 [sampler.num_steps=10 sampler.n_action_steps=2 sampler.discrete_dims=[4] ...]`: sweep the RTI warm-start level τ
 on recorded observations of the checkpoint's task (its validation episodes) and pick the smallest τ whose
 executed actions stay within `tolerance` of the full sampler's.
 
 `tolerance` is in normalised action units (`tolerance=0.05`) or relative to the noise floor, the deviation
-between two full samples (`tolerance=1.25x`, the default). `threads=N` sets torch's intra-op threads. Writes `rti_calibration.json` + `.png` to `out`
+between two full samples (`tolerance=1.1x`, the default: on PushT 1.25x picked τ=0, which lost 30% of the
+coverage in closed loop, where 1.1x picks τ=10 at 98%). `threads=N` sets torch's intra-op threads. Writes
+`rti_calibration.json` + `.png` to `out`
 (default: `<run>/rti_calibration`) and prints the override to use (`sampler=rti sampler.tau=...`).
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from rtdp.cli.main import CLIError
 
-USAGE = ("rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.25x|ABS] [seed=0] "
+USAGE = ("rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.1x|ABS] [seed=0] "
          "[out=DIR] [threads=N] [progress=true] [sampler.KEY=VALUE ...]")
 OPTIONS = ("checkpoint", "episodes", "windows", "tolerance", "seed", "out", "progress", "threads")
 
@@ -119,7 +121,7 @@ def observation_pairs(policy: Any, cfg: Any, n_exec: int, episodes: int | None, 
 
 def main(argv: list[str]) -> int:
     opts, overrides = parse_args(argv)
-    tol_value, tol_relative = parse_tolerance(opts.get("tolerance", "1.25x"))
+    tol_value, tol_relative = parse_tolerance(opts.get("tolerance", "1.1x"))
     episodes = _positive_int(opts, "episodes", 0) if "episodes" in opts else None
     windows = _positive_int(opts, "windows", 256)
     seed = _positive_int(opts, "seed", 0)
@@ -167,7 +169,7 @@ def main(argv: list[str]) -> int:
                        f"raise tolerance (e.g. tolerance={best['deviation_mean'] / max(floor, 1e-12) * 1.05:.2f}x) "
                        "or calibrate with more windows")
     rec = metrics.record("rti_calibration", checkpoint=str(policy.checkpoint_path), **source,
-                         tolerance=tolerance, tolerance_arg=opts.get("tolerance", "1.25x"),
+                         tolerance=tolerance, tolerance_arg=opts.get("tolerance", "1.1x"),
                          chosen={**chosen, "override": f"sampler=rti sampler.tau={chosen['tau']:g}"}, **result)
     fig = plot_sweep(result, tolerance, chosen)
     png, js = metrics.save_figure(fig, out / "rti_calibration.png", rec)

@@ -16,7 +16,8 @@ class Sampler(ABC):
     `denoise_fn(x_in, level_in)` is the denoiser closed over the encoded observation; the sampler reads its
     output through the schedule. Stateful samplers (streaming, warm start) keep what they need between calls;
     `reset()` forgets it at an episode boundary. A sampler that decides how many actions of each chunk are
-    executed (streaming) sets `n_exec`; `None` leaves it to the policy's `n_action_steps`.
+    executed (streaming) sets `n_exec`, and one that moves the first executed action sets `start`; `None` leaves
+them to the policy (`n_action_steps`, and `n_obs_steps - 1`).
     """
 
     name: str = "sampler"
@@ -26,6 +27,7 @@ class Sampler(ABC):
         self.schedule = schedule
         self.last_nfe = 0
         self.n_exec: int | None = None
+        self.start: int | None = None
 
     def reset(self) -> None:
         """Forget state carried between calls (a new episode)."""
