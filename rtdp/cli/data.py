@@ -103,7 +103,7 @@ def _info(args: argparse.Namespace) -> int:
     s = summarize(buf)
     from rich.console import Console
     from rich.table import Table
-    console = Console()
+    console = Console(soft_wrap=True)  # lines carry paths: never break them at the terminal width
     console.print(f"[bold]{s['path']}[/] (zarr v{s['zarr_format']}): {s['episodes']} episodes, {s['steps']} steps"
                   + (" — every chunk decodes" if args.verify else ""))
     if s["uncommitted_steps"]:
@@ -160,7 +160,7 @@ def _stats(args: argparse.Namespace) -> int:
             out[key] = key_stats(buf, key)
             bar.update(job, completed=i + 1)
     from rich.console import Console
-    console = Console()
+    console = Console(soft_wrap=True)  # lines carry paths: never break them at the terminal width
     console.print(f"[bold]{buf.path}[/]: {buf.n_episodes} episodes, {buf.n_steps} steps")
     for key, s in out.items():
         console.print(f"[bold]{key}[/] (per {s['per']})")
