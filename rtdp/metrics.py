@@ -37,7 +37,7 @@ def _default(o: Any) -> Any:
 def record(kind: str, **fields: Any) -> dict[str, Any]:
     """A metrics record: what was measured (`kind`), on what machine, when, and the figures."""
     return {"schema": SCHEMA, "kind": kind,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, **fields}
 
 

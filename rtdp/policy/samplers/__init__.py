@@ -34,5 +34,14 @@ def make_sampler(cfg: dict[str, Any] | None, schedule: NoiseSchedule, *, horizon
         raise ValueError(f"sampler {name!r}: {err}") from None
 
 
-__all__ = ["Sampler", "DDPMSampler", "DDIMSampler", "StreamingSampler", "RTISampler", "SAMPLERS", "make_sampler",
-           "shift_and_pad", "staircase"]
+__all__ = [
+    "SAMPLERS",
+    "DDIMSampler",
+    "DDPMSampler",
+    "RTISampler",
+    "Sampler",
+    "StreamingSampler",
+    "make_sampler",
+    "shift_and_pad",
+    "staircase",
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import Tensor
 
@@ -16,7 +18,8 @@ class DDPMSampler(Sampler):
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int | None = None):
         if not isinstance(schedule, DDPMSchedule):
-            raise ValueError("the DDPM sampler needs a discrete DDPM schedule; use sampler=ddim with an EDM schedule")
+            raise ValueError(  # noqa: TRY004 - a configuration error, reported like the others
+                "the DDPM sampler needs a discrete DDPM schedule; use sampler=ddim with an EDM schedule")
         super().__init__(schedule)
         self.num_steps = num_steps or schedule.num_train_steps
         schedule.inference_levels(self.num_steps)  # validates num_steps early
@@ -28,7 +31,7 @@ class DDPMSampler(Sampler):
 
     def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list[int], generator) -> Tensor:
         """Run the reverse process through `levels` (noisiest first) from iterate `x`."""
-        for k, k_next in zip(levels[:-1], levels[1:]):
+        for k, k_next in pairwise(levels):
             k_t, k_next_t = batch_level(k, x.shape[0], x.device), batch_level(k_next, x.shape[0], x.device)
             x0, _ = self.predict(denoise_fn, x, k_t)
             noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -59,7 +62,7 @@ class DDIMSampler(Sampler):
 
     def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list[float], generator) -> Tensor:
         """Run DDIM through `levels` (noisiest first) from iterate `x`."""
-        for k, k_next in zip(levels[:-1], levels[1:]):
+        for k, k_next in pairwise(levels):
             k_t, k_next_t = batch_level(k, x.shape[0], x.device), batch_level(k_next, x.shape[0], x.device)
             x0, eps = self.predict(denoise_fn, x, k_t)
             if self.eta:
