@@ -174,3 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_preset(defaults: list[str], hparams: list[str], argv: list[str] | None = None) -> int:
+    """A task preset's entry point: its defaults, then the caller's `--flags`, then its hyper-parameters, then
+    the caller's `key=value` overrides (later wins), so a preset stays overridable from the command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    extra = [a for a in argv if "=" in a and not a.startswith("--")]
+    flags = [a for a in argv if a not in extra]
+    return main(defaults + flags + hparams + extra)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_bench import main
+from train_bench import run_preset
 
 DEFAULTS = ["--task", "metaworld_pick_place", "--policy", "unet1d", "--minutes", "12", "--ckpt-minutes", "4", "--target", "0.9",
             "--target-metric", "success rate", "--out", "runs/bench/train_metaworld"]
@@ -20,7 +20,4 @@ HPARAMS = ["num_threads=1", "training.batch_size=64", "policy.optim.lr=2e-4", "t
            "training.val_every=1000", "training.val_ratio=0.05"]
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    extra = [a for a in argv if "=" in a and not a.startswith("--")]
-    flags = [a for a in argv if a not in extra]
-    sys.exit(main(DEFAULTS + flags + HPARAMS + extra))
+    sys.exit(run_preset(DEFAULTS, HPARAMS))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_bench import main
+from train_bench import run_preset
 
 # Sample efficiency on a shared 2-core CPU: one torch thread (two threads thrash when other jobs share the
 # cores: measured 6.6 s vs 1.3 s per batch-256 step under load 7), batch 64 for more updates per minute, a 2x
@@ -25,7 +25,4 @@ HPARAMS = ["num_threads=1", "training.batch_size=64", "policy.optim.lr=2e-4", "t
            "training.val_every=2000"]
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    extra = [a for a in argv if "=" in a and not a.startswith("--")]
-    flags = [a for a in argv if a not in extra]
-    sys.exit(main(DEFAULTS + flags + HPARAMS + extra))
+    sys.exit(run_preset(DEFAULTS, HPARAMS))
