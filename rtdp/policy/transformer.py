@@ -44,21 +44,13 @@ class SelfAttentionBlock(nn.Module):
         return h + self.residual(h, ctx)
 
 
-class CrossAttentionBlock(nn.Module):
-    """Pre-norm cross-attention from the action tokens to the noise-level and observation tokens."""
-
-    def __init__(self, dim: int, n_heads: int, attn_dropout: float):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, n_heads, dropout=attn_dropout, batch_first=True)
-        self.dropout = nn.Dropout(attn_dropout)
+class CrossAttentionBlock(SelfAttentionBlock):
+    """Pre-norm cross-attention from the action tokens to the noise-level and observation tokens (the same
+    layers as self-attention, so the same parameter names; only what the tokens attend to differs)."""
 
     def residual(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         out, _ = self.attn(self.norm(h), ctx.memory, ctx.memory, attn_mask=ctx.memory_mask, need_weights=False)
         return self.dropout(out)
-
-    def forward(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
-        return h + self.residual(h, ctx)
 
 
 class FeedForwardBlock(nn.Module):

@@ -11,7 +11,22 @@ from rtdp.policy.samplers.base import Sampler, batch_level
 from rtdp.policy.schedules import DDPMSchedule, ModelFn, NoiseSchedule
 
 
-class DDPMSampler(Sampler):
+class _GridSampler(Sampler):
+    """Start from the prior at the noisiest level and run `denoise` down the schedule's `num_steps` grid."""
+
+    num_steps: int
+
+    def _sample(self, denoise_fn: ModelFn, shape, generator, device, dtype, n_executed) -> Tensor:
+        levels = self.schedule.inference_levels(self.num_steps).tolist()
+        x = self.schedule.prior(shape, generator=generator, device=device, dtype=dtype)
+        return self.denoise(denoise_fn, x, levels, generator)
+
+    def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list, generator) -> Tensor:
+        """Run the reverse process through `levels` (noisiest first) from iterate `x`."""
+        raise NotImplementedError
+
+
+class DDPMSampler(_GridSampler):
     """Ancestral DDPM: the posterior q(x_{k'} | x_k, x̂0) at every step; `num_steps` < K skips levels."""
 
     name = "ddpm"
@@ -23,11 +38,6 @@ class DDPMSampler(Sampler):
         super().__init__(schedule)
         self.num_steps = num_steps or schedule.num_train_steps
         schedule.inference_levels(self.num_steps)  # validates num_steps early
-
-    def _sample(self, denoise_fn: ModelFn, shape, generator, device, dtype, n_executed) -> Tensor:
-        levels = self.schedule.inference_levels(self.num_steps).tolist()
-        x = self.schedule.prior(shape, generator=generator, device=device, dtype=dtype)
-        return self.denoise(denoise_fn, x, levels, generator)
 
     def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list[int], generator) -> Tensor:
         """Run the reverse process through `levels` (noisiest first) from iterate `x`."""
@@ -43,7 +53,7 @@ class DDPMSampler(Sampler):
         return {"name": self.name, "num_steps": self.num_steps}
 
 
-class DDIMSampler(Sampler):
+class DDIMSampler(_GridSampler):
     """DDIM (deterministic for eta = 0): x̂0 re-noised along ε̂ to the next level; Euler on σ for EDM."""
 
     name = "ddim"
@@ -54,11 +64,6 @@ class DDIMSampler(Sampler):
         super().__init__(schedule)
         self.num_steps, self.eta = num_steps, eta
         schedule.inference_levels(num_steps)
-
-    def _sample(self, denoise_fn: ModelFn, shape, generator, device, dtype, n_executed) -> Tensor:
-        levels = self.schedule.inference_levels(self.num_steps).tolist()
-        x = self.schedule.prior(shape, generator=generator, device=device, dtype=dtype)
-        return self.denoise(denoise_fn, x, levels, generator)
 
     def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list[float], generator) -> Tensor:
         """Run DDIM through `levels` (noisiest first) from iterate `x`."""
