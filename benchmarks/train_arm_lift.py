@@ -1,8 +1,11 @@
 """rtdp's MuJoCo arm lifts a cube (state observations, scripted demonstrations): success vs training time.
 
-Target: success >= 90% on 50 seeds. Data first: `rtdp collect task=arm-lift episodes=100 out=runs/data/arm_lift.zarr`.
+Target: success >= 90% on 50 seeds. Data first (noise-injected expert demonstrations, see docs/envs.md):
+`rtdp collect task=arm-lift episodes=300 out=runs/data/arm_lift_dart.zarr action_noise=0.3`.
 
-    .venv/bin/python benchmarks/train_arm_lift.py [--minutes 12] [--eval-only]
+    .venv/bin/python benchmarks/train_arm_lift.py [--minutes 45] [--eval-only] [--sampler sdp]
+
+The policy is `sdp_unet`, so the same weights serve DDIM-10 and the streaming samplers (benchmarks/streaming.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_bench import run_preset
 
-DEFAULTS = ["--task", "arm_lift", "--policy", "unet1d", "--minutes", "12", "--ckpt-minutes", "4", "--target", "0.9",
+DEFAULTS = ["--task", "arm_lift", "--policy", "sdp_unet", "--minutes", "45", "--ckpt-minutes", "15", "--target", "0.9",
             "--target-metric", "success rate", "--out", "runs/bench/train_arm_lift"]
 HPARAMS = ["num_threads=1", "training.batch_size=64", "policy.optim.lr=2e-4", "training.warmup_steps=200",
            "training.val_every=1000", "training.val_ratio=0.05"]

@@ -37,14 +37,15 @@ def calibrate_steps_per_s(cfg, n: int = 12) -> float:
     from rtdp.train.trainer import TrainingData, build_datasets, data_meta, window_bytes
 
     torch.set_num_threads(int(cfg.num_threads))
+    device = torch.device(str(cfg.device) if torch.cuda.is_available() else "cpu")  # as the Trainer picks it
     ds, _, normalizer = build_datasets(cfg)
     meta = data_meta(ds)
     policy = make_policy(cfg.policy, cfg.sampler, meta["obs_shapes"], meta["action_dim"], normalizer,
-                         crop_shape=cfg.task.get("crop_shape"))
+                         crop_shape=cfg.task.get("crop_shape")).to(device)
     data = TrainingData(ds, cfg.training.data_in_memory is True or (
-        cfg.training.data_in_memory == "auto" and window_bytes(ds) * len(ds) < 2 * 2**30), torch.device("cpu"))
+        cfg.training.data_in_memory == "auto" and window_bytes(ds) * len(ds) < 2 * 2**30), device)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     for i in range(n + 3):
         if i == 3:
             t0 = time.perf_counter()
@@ -52,6 +53,8 @@ def calibrate_steps_per_s(cfg, n: int = 12) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
 
 
@@ -59,6 +62,8 @@ def train_phase(args, overrides: list[str]) -> Path:
     from rtdp.train.trainer import Trainer
 
     cfg = compose(overrides)
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"device={cfg.device} but CUDA is not available on this machine; drop device= to train on the CPU")
     if args.steps:
         steps = args.steps
     else:
@@ -82,13 +87,17 @@ def eval_phase(args, out: Path) -> dict:
     done = json.loads(results_path.read_text())["points"] if results_path.exists() else []
     done_keys = {(p["checkpoint"], p["episodes"], p["sampler"]) for p in done}
     points = list(done)
-    sampler_ov = [f"sampler={args.sampler}", f"sampler.num_steps={args.sampler_steps}"]
+    torch.set_num_threads(args.threads)  # a second intra-op thread only thrashes on a shared 2-core machine
+    sampler_ov = [f"sampler={args.sampler}"]
+    if args.sampler in ("ddim", "ddpm"):
+        sampler_ov.append(f"sampler.num_steps={args.sampler_steps}")
+    label = f"{args.sampler}-{args.sampler_steps}" if args.sampler in ("ddim", "ddpm") else args.sampler
     for i, ckpt in enumerate(ckpts):
         final = i == len(ckpts) - 1
         episodes = args.final_episodes if final else args.episodes
         if not episodes:
             continue
-        key = (ckpt.name, episodes, f"{args.sampler}-{args.sampler_steps}")
+        key = (ckpt.name, episodes, label)
         if key in done_keys:
             continue
         policy = load_policy(ckpt, sampler_ov)
@@ -118,20 +127,22 @@ def summarize(args, out: Path, points: list[dict]) -> dict:
     metric_keys = [k for k in ("mean_max_coverage", "max_coverage", "coverage", "success_rate")
                    if any(k in p for p in points)]
     fig, ax = plt.subplots(figsize=(6, 4))
+    samplers = list(dict.fromkeys(p["sampler"] for p in points))  # one curve per metric and sampler
     for k in metric_keys:
-        xs = [p["train_minutes"] for p in points if k in p]
-        ys = [p[k] for p in points if k in p]
-        ax.plot(xs, ys, marker="o", label=k)
+        for sampler in samplers:
+            pts = [p for p in points if k in p and p["sampler"] == sampler]
+            ax.plot([p["train_minutes"] for p in pts], [p[k] for p in pts], marker="o", label=f"{k} ({sampler})")
     if args.target is not None:
         ax.axhline(args.target, color="gray", ls="--", label=f"target {args.target}")
     ax.set_xlabel("training time (min, 2 shared CPU cores)")
     ax.set_ylabel("score")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{args.task}: {args.policy}, {points[-1]['sampler'] if points else ''}")
+    ax.set_title(f"{args.task}: {args.policy}")
     ax.legend()
     data = metrics.record("train_curve", task=args.task, policy=args.policy, target=args.target,
                           target_metric=args.target_metric, budget_minutes=args.minutes, points=points,
                           final=points[-1] if points else None,
+                          final_by_sampler={s: [p for p in points if p["sampler"] == s][-1] for s in samplers},
                           note="training on 2 CPU cores shared with other jobs: times are noisy")
     metrics.save_figure(fig, out / "curve.png", data)
     print(json.dumps(data, indent=2, default=str))
@@ -153,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=100000)
     ap.add_argument("--sampler", default="ddim")
     ap.add_argument("--sampler-steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for evaluation")
     ap.add_argument("--target", type=float, default=None)
     ap.add_argument("--target-metric", default=None)
     ap.add_argument("--eval-only", action="store_true")

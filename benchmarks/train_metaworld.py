@@ -2,7 +2,7 @@
 
 Target: success >= 90% on 50 seeds. Data first: `rtdp collect task=metaworld/pick-place-v3 episodes=50 out=runs/data/metaworld_pick_place.zarr`.
 
-    .venv/bin/python benchmarks/train_metaworld.py [--minutes 12] [--eval-only]
+    .venv/bin/python benchmarks/train_metaworld.py [--minutes 45] [--eval-only]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_bench import run_preset
 
-DEFAULTS = ["--task", "metaworld_pick_place", "--policy", "unet1d", "--minutes", "12", "--ckpt-minutes", "4", "--target", "0.9",
+DEFAULTS = ["--task", "metaworld_pick_place", "--policy", "unet1d", "--minutes", "45", "--ckpt-minutes", "15", "--target", "0.9",
             "--target-metric", "success rate", "--out", "runs/bench/train_metaworld"]
 HPARAMS = ["num_threads=1", "training.batch_size=64", "policy.optim.lr=2e-4", "training.warmup_steps=200",
            "training.val_every=1000", "training.val_ratio=0.05"]

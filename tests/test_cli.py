@@ -46,7 +46,7 @@ def test_the_demo_runs_end_to_end_on_the_arm(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rtdp.cli.main", "demo", "episodes=5", "minutes=0.2",
                            "eval_episodes=2", f"out={tmp_path}"], capture_output=True, text=True, check=False, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for path in ("arm_lift.zarr", "train/checkpoints/last/model.safetensors", "eval_ddim10/eval.json",
+    for path in ("arm_lift_dart.zarr", "train/checkpoints/last/model.safetensors", "eval_ddim10/eval.json",
                  "eval_sdp/eval.json", "run/metrics.json", "run/timing.png"):
         assert (tmp_path / path).exists(), path
     assert "rtdp demo (arm-lift)" in proc.stdout

@@ -1,5 +1,6 @@
 """`rtdp collect task=ID episodes=N out=PATH.zarr [seed=0] [obs_mode=...] [keep_failed=false] [max_steps=...]
-[key=value ...]`: scripted-expert demonstrations into a ReplayBuffer (resumable: re-run to append up to N).
+[action_noise=0] [key=value ...]`: scripted-expert demonstrations into a ReplayBuffer (resumable: re-run to
+append up to N). `action_noise=0.2` executes the expert's actions with noise and records the clean ones (DART).
 
 Any other `key=value` is passed to the env constructor (e.g. `control=ee_abs` for arm-lift).
 """
@@ -14,7 +15,7 @@ from rtdp.cli.args import _int, parse_kv
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp collect task=ID episodes=N out=PATH.zarr [seed=0] [obs_mode=MODE] [keep_failed=false] "
-         "[max_steps=N] [progress=true] [env key=value ...]")
+         "[max_steps=N] [action_noise=0] [progress=true] [env key=value ...]")
 
 
 def task_args(args: dict[str, Any], usage: str) -> tuple[str, str | None]:
@@ -56,11 +57,15 @@ def main(argv: list[str]) -> int:
     max_steps = _int(args, "max_steps")
     keep_failed = bool(args.pop("keep_failed", False))
     progress = bool(args.pop("progress", True))
+    noise = args.pop("action_noise", 0.0)
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool):
+        raise CLIError(f"action_noise must be a number (a fraction of the action range), got {noise!r}")
     from rtdp.envs.collect import collect
 
     try:
         summary = collect(task, episodes, out, seed=seed, obs_mode=obs_mode, keep_failed=keep_failed,
-                          progress=progress, max_steps=max_steps, env_kwargs=args)
+                          progress=progress, max_steps=max_steps, env_kwargs=args,
+                          action_noise=float(noise))
     except (MissingDependencyError, ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
     print(json.dumps(summary))

@@ -2,7 +2,7 @@
 on the embedded default, rtdp's own MuJoCo arm (arm-lift).
 
 1. data: `rtdp data info` on the PushT human demonstrations in ../shared (skipped when absent);
-2. collect: scripted-expert demonstrations of arm-lift into a replay buffer (resumable);
+2. collect: scripted-expert demonstrations of arm-lift into a replay buffer (noise-injected, resumable);
 3. train: a CPU-size streaming U-Net (`policy=sdp_unet`) for a few minutes (a finished run is reused);
 4. eval: the same weights with DDIM-10 (Ta=8) and with the streaming sampler (replans every step);
 5. run: the env served over ZeroMQ in another process, the policy in the fixed-rate loop with asynchronous
@@ -68,9 +68,9 @@ def main(argv: list[str]) -> int:
     else:
         console.print(f"[yellow]skipping the PushT data step: {SHARED_PUSHT} not found")
 
-    data = out / "arm_lift.zarr"
-    _step(console, "2/5 collect: scripted arm-lift demonstrations",
-          ["collect", "task=arm-lift", f"episodes={episodes}", f"out={data}", "seed=0"])
+    data = out / "arm_lift_dart.zarr"
+    _step(console, "2/5 collect: scripted arm-lift demonstrations (noise-injected, clean labels)",
+          ["collect", "task=arm-lift", f"episodes={episodes}", f"out={data}", "seed=0", "action_noise=0.3"])
 
     train_dir = out / "train"
     ckpt = train_dir / "checkpoints" / "last"

@@ -5,6 +5,11 @@ Attempt k uses seed `seed + k`. Which seeds were tried and kept is written besid
 episodes and reproduces exactly what one uninterrupted run would have written. The seed being added is
 recorded as `pending` before its episode is appended and cleared after, so a crash between the two is
 resolved on the next run by looking at the buffer's committed episode count.
+
+`action_noise=σ` collects DART-style demonstrations (Laskey et al., 2017): the env executes the expert's
+action plus Gaussian noise (σ × the action space's half range, clipped to it), the buffer records the
+expert's clean action. The policy then sees states off the expert's nominal path, labelled with the
+expert's correction, which is what a closed-loop expert can teach and a clean rollout never shows.
 """
 
 from __future__ import annotations
@@ -20,9 +25,14 @@ from rtdp import metrics
 STATE_FILE = "collect.json"
 
 
-def rollout(env, agent, seed: int, max_steps: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """One episode of `agent` (batch of 1) in `env`: observations before each action, the actions, outcome."""
+def rollout(env, agent, seed: int, max_steps: int | None = None,
+            action_noise: float = 0.0) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """One episode of `agent` (batch of 1) in `env`: observations before each action, the actions, outcome.
+
+    With `action_noise` > 0 the env executes a perturbed action (seeded by `seed`) and the clean one is recorded.
+    """
     obs, info = env.reset(seed=seed)
+    perturb = _perturbation(env.action_space, action_noise, seed)
     agent.reset()
     frames: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions: list[np.ndarray] = []
@@ -35,7 +45,7 @@ def rollout(env, agent, seed: int, max_steps: int | None = None) -> tuple[dict[s
             for k, v in obs.items():
                 frames[k].append(np.asarray(v))
             actions.append(np.asarray(action, dtype=np.float32))
-            obs, _, terminated, truncated, info = env.step(action)
+            obs, _, terminated, truncated, info = env.step(perturb(action))
             steps += 1
             success |= bool(info.get("success", False))
             if "coverage" in info:
@@ -53,14 +63,28 @@ def rollout(env, agent, seed: int, max_steps: int | None = None) -> tuple[dict[s
     return episode, outcome
 
 
-def _load_state(out: Path, task_id: str, obs_mode: str, seed: int, keep_failed: bool) -> dict[str, Any]:
+def _perturbation(space, sigma: float, seed: int):
+    """`action -> executed action`: identity for sigma 0, else seeded Gaussian noise scaled to the Box's range."""
+    if sigma == 0:
+        return lambda action: action
+    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError("action_noise needs a bounded Box action space (the noise is scaled to its range)")
+    rng = np.random.default_rng([seed, 0xDA27])
+    scale = sigma * (high - low) / 2.0
+    return lambda action: np.clip(action + rng.normal(0.0, 1.0, low.shape) * scale, low, high).astype(np.float32)
+
+
+def _load_state(out: Path, task_id: str, obs_mode: str, seed: int, keep_failed: bool,
+                action_noise: float) -> dict[str, Any]:
     path = out / STATE_FILE
     fresh = {"task": task_id, "obs_mode": obs_mode, "seed": seed, "keep_failed": keep_failed,
-             "next_attempt": 0, "kept": [], "failed": [], "pending": None}
+             "action_noise": action_noise, "next_attempt": 0, "kept": [], "failed": [], "pending": None}
     if not path.exists():
         return fresh
     state = json.loads(path.read_text())
-    for key in ("task", "obs_mode", "seed", "keep_failed"):
+    state.setdefault("action_noise", 0.0)  # written before action_noise existed: clean demonstrations
+    for key in ("task", "obs_mode", "seed", "keep_failed", "action_noise"):
         if state.get(key) != fresh[key]:
             raise ValueError(f"{out} was collected with {key}={state.get(key)!r}, not {fresh[key]!r}: "
                              f"use the same settings to resume, or a new out= path")
@@ -70,10 +94,11 @@ def _load_state(out: Path, task_id: str, obs_mode: str, seed: int, keep_failed: 
 def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_mode: str | None = None,
             keep_failed: bool = False, progress: bool = True, max_steps: int | None = None,
             max_attempts: int | None = None, env_kwargs: dict[str, Any] | None = None,
-            expert_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+            expert_kwargs: dict[str, Any] | None = None, action_noise: float = 0.0) -> dict[str, Any]:
     """Run the task's scripted expert until `out` (a zarr ReplayBuffer) holds `n_episodes` episodes.
 
-    Keys written: the env's observation keys + `action`. Returns a summary (also in `<out>/collect.json`).
+    Keys written: the env's observation keys + `action` (the expert's, clean even with `action_noise`).
+    Returns a summary (also in `<out>/collect.json`).
     """
     from rtdp.datasets.replay_buffer import ReplayBuffer
     from rtdp.envs import check_obs_mode, make
@@ -81,11 +106,13 @@ def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_m
 
     if n_episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {n_episodes}")
+    if not 0.0 <= action_noise <= 1.0:
+        raise ValueError(f"action_noise is a fraction of the action range in [0, 1], got {action_noise}")
     obs_mode = check_obs_mode(task_id, obs_mode)
     agent = make_expert(task_id, **(expert_kwargs or {}))
     out = Path(out)
     buf = ReplayBuffer.open(out, mode="a") if out.exists() else ReplayBuffer.create(out)
-    state = _load_state(out, task_id, obs_mode, seed, keep_failed)
+    state = _load_state(out, task_id, obs_mode, seed, keep_failed, float(action_noise))
     if state["pending"] is not None:  # a crash between "about to add" and "added": the buffer decides
         if buf.n_episodes == len(state["kept"]) + 1:
             state["kept"].append(state["pending"])
@@ -106,7 +133,7 @@ def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_m
                     raise RuntimeError(f"the {task_id} expert succeeded in only {len(state['kept'])} of "
                                        f"{state['next_attempt']} attempts; pass keep_failed=true or check the task")
                 s = seed + state["next_attempt"]
-                episode, outcome = rollout(env, agent, s, max_steps)
+                episode, outcome = rollout(env, agent, s, max_steps, action_noise)
                 state["next_attempt"] += 1
                 if outcome["success"] or keep_failed:
                     state["pending"] = outcome
@@ -124,7 +151,7 @@ def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_m
     n_success = sum(o["success"] for o in state["kept"] + state["failed"])
     return {"task": task_id, "obs_mode": obs_mode, "out": str(out), "n_episodes": buf.n_episodes,
             "n_steps": buf.n_steps, "attempts": n_tried, "expert_success_rate": n_success / max(n_tried, 1),
-            "keys": buf.keys()}
+            "action_noise": action_noise, "keys": buf.keys()}
 
 
 class _Bar:

@@ -36,14 +36,22 @@ class ScriptedExpert:
 
 # --- arm-lift -------------------------------------------------------------------------------------------------
 def arm_lift_action(state: np.ndarray, control: str = "ee_delta") -> np.ndarray:
-    """Hover above the cube, turn to its yaw, descend, close, lift: each phase read off the state vector."""
-    from rtdp.envs.arm import CUBE_HALF, MAX_DELTA_POS, MAX_DELTA_YAW
+    """Hover above the cube, turn to its yaw, descend, close, lift: each phase read off the state vector.
+
+    Written to be learnable as well as successful: near the cube the expert corrects its position at the height
+    it is at instead of rising back to the hover point (no up/down cycles a policy would have to time), and it
+    turns to whichever of the cube's four equivalent yaws is nearest its own (no flip at ±45°).
+    """
+    from rtdp.envs.arm import CUBE_HALF, MAX_DELTA_POS, MAX_DELTA_YAW, YAW_LIMIT
     from rtdp.envs.arm import STATE_LAYOUT as L
 
     tcp, yaw = state[L["tcp_pos"]], float(state[L["tcp_yaw"]][0])
     finger, cube, quat = float(state[L["gripper"]][0]), state[L["cube_pos"]], state[L["cube_quat"]]
     cube_yaw = 2.0 * np.arctan2(quat[3], quat[0])  # the cube only turns about z while on the table
-    cube_yaw = (cube_yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4  # a square: any of 4 yaws grasps it
+    # a square: any of 4 yaws grasps it; take the one nearest the hand's yaw that the wrist can reach
+    cube_yaw = yaw + (cube_yaw - yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+    if abs(cube_yaw) > YAW_LIMIT:
+        cube_yaw -= np.sign(cube_yaw) * np.pi / 2
     grasp = np.array([cube[0], cube[1], cube[2] + 0.005])
     xy_err = float(np.linalg.norm(tcp[:2] - cube[:2]))
     tol = 0.02 if finger < 0.035 else 0.008  # looser once the fingers are closing around the cube
@@ -57,10 +65,12 @@ def arm_lift_action(state: np.ndarray, control: str = "ee_delta") -> np.ndarray:
         target, grip = grasp, 1.0
     elif aligned:
         target, grip = grasp, -1.0
+    elif xy_err < 0.02:  # close but not aligned: correct over the cube at this height, fingers open
+        target, grip = np.array([cube[0], cube[1], max(tcp[2], grasp[2])]), -1.0
     else:
         hover = cube[2] + 0.08 + CUBE_HALF
         # rise before moving sideways, so a low hand never sweeps the cube away
-        target = np.array([cube[0], cube[1], hover]) if tcp[2] > hover - 0.03 or xy_err < 0.02 \
+        target = np.array([cube[0], cube[1], hover]) if tcp[2] > hover - 0.03 \
             else np.array([tcp[0], tcp[1], hover])
         grip = -1.0
     move = np.clip(0.6 * (target - tcp) / MAX_DELTA_POS, -1.0, 1.0)

@@ -96,3 +96,32 @@ def test_image_mode_collection_writes_uint8_frames_beside_the_state(tmp_path):
     assert sorted(buf.keys()) == ["action", "image", "state"]
     assert buf["image"].dtype == np.uint8 and tuple(buf["image"].shape[1:]) == (48, 48, 3)
     assert buf["image"].shape[0] == buf["state"].shape[0] == buf["action"].shape[0]
+
+
+def test_action_noise_records_the_experts_clean_action_on_perturbed_states(tmp_path):
+    from rtdp.envs.experts import arm_lift_action
+
+    collect("arm-lift", 2, tmp_path / "clean.zarr", seed=3, progress=False)
+    collect("arm-lift", 2, tmp_path / "dart.zarr", seed=3, progress=False, action_noise=0.3)
+    clean, dart = ReplayBuffer.open(tmp_path / "clean.zarr"), ReplayBuffer.open(tmp_path / "dart.zarr")
+    ep = dart.get_episode(0)
+    # the arm expert is stateless: its action on every recorded state is the recorded action
+    expected = np.stack([arm_lift_action(s) for s in ep["state"]])
+    np.testing.assert_allclose(ep["action"], expected, atol=1e-6)
+    # ...but the states are not the clean rollout's: the executed actions were perturbed
+    assert not np.allclose(ep["state"][:5], clean.get_episode(0)["state"][:5])
+    # a re-run reproduces the same perturbations (seeded per episode)
+    collect("arm-lift", 2, tmp_path / "dart2.zarr", seed=3, progress=False, action_noise=0.3)
+    np.testing.assert_array_equal(ReplayBuffer.open(tmp_path / "dart2.zarr")["state"][:], dart["state"][:])
+
+
+def test_action_noise_is_part_of_the_resume_settings_and_checked(tmp_path, capsys):
+    collect("arm-lift", 1, tmp_path / "a.zarr", seed=0, progress=False, action_noise=0.2)
+    with pytest.raises(ValueError, match="collected with action_noise=0.2"):
+        collect("arm-lift", 2, tmp_path / "a.zarr", seed=0, progress=False)
+    bad = tmp_path / "bad.zarr"
+    assert rtdp_main(["collect", "task=arm-lift", "episodes=1", f"out={bad}", "action_noise=2"]) == 2
+    assert "fraction of the action range" in capsys.readouterr().err
+    assert rtdp_main(["collect", "task=arm-lift", "episodes=1", f"out={bad}", "action_noise=lots"]) == 2
+    assert "action_noise must be a number" in capsys.readouterr().err
+    assert not bad.exists()

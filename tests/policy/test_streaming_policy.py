@@ -207,3 +207,28 @@ def test_run_with_sampler_rti_in_async_mode_reaches_the_warm_start(tiny_run, tmp
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     assert summary["executed_actions"] == 12 and summary["chunks"] >= 3
     assert summary["nfe_total"] == 10 + 2 * (summary["chunks"] - 1)  # a cold start, then warm calls of 2
+
+
+def test_sdp_transformer_trains_on_per_position_levels_and_streams_at_one_evaluation_per_action():
+    with initialize_config_module("rtdp.configs", version_base=None):
+        cfg = compose("train", overrides=["policy=sdp_transformer", "task=pusht_keypoints", "sampler=sdp",
+                                          "policy.denoiser.n_layers=2", "policy.denoiser.dim=32"])
+    policy = make_policy(cfg.policy, cfg.sampler, {"keypoint": (9, 2), "agent_pos": (2,)}, 2)
+    assert isinstance(policy.level_sampler, StreamingLevels) and isinstance(policy.sampler, StreamingSampler)
+    seen = []
+    policy.denoiser.register_forward_hook(lambda mod, args, out: seen.append(args[1].clone()))
+    batch = {"obs": {"keypoint": torch.randn(64, 2, 9, 2), "agent_pos": torch.randn(64, 2, 2)},
+             "action": torch.randn(64, 10, 2)}
+    loss = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()  # gradients flow through the per-position level embedding
+    assert seen[0].shape == (64, 10) and torch.isfinite(loss)
+    chunkwise = policy.level_sampler.last_regimes == 3
+    stairs = policy.level_sampler.table[policy.level_sampler.staircase + 1].to(seen[0].dtype)
+    assert chunkwise.any() and torch.equal(seen[0][chunkwise], stairs.expand(int(chunkwise.sum()), 10))
+    # horizon 10, To 2, Ta 1: h = 9 chunks, N = 9 levels; after the start-up call, one evaluation per action
+    policy.eval()
+    first = policy.act(obs_window())
+    assert first.nfe == policy.sampler.num_levels == 9
+    for _ in range(3):
+        chunk = policy.act(obs_window())
+        assert chunk.nfe == 1 and chunk.n_exec == 1 and chunk.actions.shape == (1, 10, 2)

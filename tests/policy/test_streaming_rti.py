@@ -66,13 +66,31 @@ def test_the_executed_actions_come_out_clean_and_the_staircase_descends_one_leve
     sdp.sample(toy_model, (B, T, DA), generator=g)
     spy = Spy()
     sdp.sample(spy, (B, T, DA), generator=g)
-    first, second = (sdp.schedule_levels(torch.as_tensor(lv).long()) for lv in ([1] * 1, [0]))
     assert len(spy.levels) == 2
     assert int(spy.levels[0][0, TO - 1]) == int(sdp.schedule_levels(torch.tensor(1)))
     assert int(spy.levels[1][0, TO - 1]) == int(sdp.schedule_levels(torch.tensor(0)))
     # after the last evaluation the executed chunk was stepped from level 0 to clean (-1)
-    assert int(sdp.schedule_levels(torch.tensor(0)) ) >= 0 and int(sdp.schedule_levels(torch.tensor(-1))) == -1
-    del first, second
+    assert int(sdp.schedule_levels(torch.tensor(0))) >= 0 and int(sdp.schedule_levels(torch.tensor(-1))) == -1
+
+
+def test_a_late_call_skips_the_actions_executed_from_the_plan_and_pays_for_them_in_evaluations():
+    # Ta = 1: the loop ran 3 actions (the head, then 2 from the returned plan) before calling again
+    sdp = StreamingSampler(DDPMSchedule(), horizon=T, n_obs_steps=TO, n_action_steps=1)
+    g = torch.Generator().manual_seed(4)
+    sdp.sample(toy_model, (B, T, DA), generator=g)
+    sdp.sample(toy_model, (B, T, DA), generator=g, n_executed=1)
+    assert sdp.last_nfe == 1  # on time: one evaluation per executed action
+    spy = Spy()
+    sdp.sample(spy, (B, T, DA), generator=g, n_executed=3)
+    # the new head is the position 2 stairs up: it starts at level 2 and needs 3 evaluations to come out clean
+    assert sdp.last_nfe == 3 == len(spy.levels)
+    assert int(spy.levels[0][0, TO - 1]) == int(sdp.schedule_levels(torch.tensor(2)))
+    assert torch.equal(sdp.levels, staircase(T, TO, 1, sdp.num_levels).expand(B, T))  # back on the staircase
+    assert torch.isfinite(sdp.x).all()
+    # a skip longer than the buffer starts the tail from noise and still ends on the staircase
+    sdp.sample(toy_model, (B, T, DA), generator=g, n_executed=2 * T)
+    assert sdp.last_nfe == sdp.num_levels
+    assert torch.equal(sdp.levels, staircase(T, TO, 1, sdp.num_levels).expand(B, T))
 
 
 def test_streaming_keeps_its_buffer_across_calls_and_reset_forgets_it():

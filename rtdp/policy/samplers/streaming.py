@@ -87,6 +87,10 @@ class StreamingSampler(Sampler):
             raise ValueError(f"sdp: buffer horizon is {self.horizon}, asked for chunks of {shape[1]}")
         if self.x is None or self.x.shape != torch.Size(shape):
             self._start(shape, generator, device, dtype)
+        elif n_executed is not None and int(n_executed) > self.n_exec:
+            # The loop ran past the head (inference was late) into the previous plan: drop those actions too.
+            # The new head then sits above level 0's stair and the loop below spends the extra evaluations.
+            self._shift(int(n_executed) - self.n_exec, generator)
         x0 = self.x
         while int(self.levels[:, self.first].max()) > -1:
             k = self.schedule_levels(self.levels)
@@ -121,15 +125,21 @@ class StreamingSampler(Sampler):
 
     def _advance(self, generator) -> None:
         """Drop the executed chunk, append Ta fresh positions, refill to the staircase."""
-        Ta, (B, _, Da) = self.n_exec, self.x.shape
-        self.x = torch.cat([self.x[:, Ta:], self.x.new_zeros(B, Ta, Da)], dim=1)
-        self.levels = torch.cat([self.levels[:, Ta:], self.levels.new_full((B, Ta), self.num_levels)], dim=1)
+        self._shift(self.n_exec, generator)
+
+    def _shift(self, m: int, generator) -> None:
+        """Drop the first `m` positions, append `m` fresh ones, refill to the staircase."""
+        B, T, Da = self.x.shape
+        m = min(m, T)
+        # appended positions are marked one above the top level: `_refill` fills them with pure noise
+        self.x = torch.cat([self.x[:, m:], self.x.new_zeros(B, m, Da)], dim=1)
+        self.levels = torch.cat([self.levels[:, m:], self.levels.new_full((B, m), self.num_levels)], dim=1)
         self._refill(generator)
 
     def _refill(self, generator) -> None:
         target = self.staircase.to(self.levels.device).expand_as(self.levels)
         top = self.num_levels - 1
-        fresh = (target == top) & (self.levels != top)  # new tail, or raised to the top: pure noise
+        fresh = (self.levels > top) | ((target == top) & (self.levels != top))  # appended, or raised to the top
         if bool(fresh.any()):
             noise = self.schedule.prior(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype)
             self.x = torch.where(fresh.unsqueeze(-1), noise, self.x)
