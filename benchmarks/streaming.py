@@ -175,14 +175,15 @@ def run_task(task: str, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
         res["rti_tau_from"] = str(calib)
     for method in args.methods:
         t0 = time.perf_counter()
-        policy = load_policy(ckpt, method_overrides(method, discrete, tau, args.rti_discrete_mode))
+        overrides = method_overrides(method, discrete, tau, args.rti_discrete_mode)
+        policy = load_policy(ckpt, overrides)
         episodes = args.ddpm_episodes if method == "ddpm100" else args.episodes
         print(f"[streaming] {task}/{method}: {episodes} episodes ...", file=sys.stderr, flush=True)
         obs_mode = policy.config.task.env.get("obs_mode")
         ev = evaluate(policy, env_id, n_episodes=episodes, seed=args.seed, n_envs=args.n_envs, obs_mode=obs_mode,
                       max_steps=max_steps, progress=False)["summary"]
         lat = latency_rollout(policy, env_id, obs_mode, args.latency_steps, args.seed)
-        entry = {"overrides": method_overrides(method, discrete, tau, args.rti_discrete_mode), "sampler": policy.sampler.describe(),
+        entry = {"overrides": overrides, "sampler": policy.sampler.describe(),
                  "episodes": episodes, "success_rate": ev["success_rate"],
                  "mean_max_coverage": ev.get("mean_max_coverage"), "nfe_per_action": ev["nfe_per_action"],
                  "eval_wall_s": ev["wall_s"], **lat, "wall_s": time.perf_counter() - t0}
@@ -191,7 +192,7 @@ def run_task(task: str, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
               ("success_rate", "mean_max_coverage", "nfe_per_action", "control_steps_per_replan")})
               + f" per-step p99 {entry['per_control_step']['p99_ms']:.1f} ms", file=sys.stderr, flush=True)
     if "sdp" in args.methods and args.loop_episodes:
-        policy = load_policy(ckpt, method_overrides("sdp", discrete, tau, args.rti_discrete_mode))
+        policy = load_policy(ckpt, method_overrides("sdp", discrete, tau))
         # by default at the task's own rate (PushT 10 Hz, the arm 20 Hz): at another rate the loop's clock and
         # the policy's action spacing disagree, and a warm-starting policy is told to skip or repeat actions
         rates = args.loop_hz or [float(policy.config.task.get("fps", 10))]

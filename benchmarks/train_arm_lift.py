@@ -15,12 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_bench import run_preset
+from train_bench import SCRIPTED_DEMO_HPARAMS, run_preset
 
 DEFAULTS = ["--task", "arm_lift", "--policy", "sdp_unet", "--minutes", "45", "--ckpt-minutes", "15", "--target", "0.9",
             "--target-metric", "success rate", "--out", "runs/bench/train_arm_lift"]
-HPARAMS = ["num_threads=1", "training.batch_size=64", "policy.optim.lr=2e-4", "training.warmup_steps=200",
-           "training.val_every=1000", "training.val_ratio=0.05"]
 
 if __name__ == "__main__":
-    sys.exit(run_preset(DEFAULTS, HPARAMS))
+    sys.exit(run_preset(DEFAULTS, SCRIPTED_DEMO_HPARAMS))

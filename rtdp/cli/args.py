@@ -3,6 +3,7 @@ torch-free `rtdp serve-env` can use it)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rtdp.cli.main import CLIError
@@ -43,3 +44,14 @@ def _int(args: dict[str, Any], key: str, default: int | None = None) -> int | No
     if not isinstance(value, int) or isinstance(value, bool):
         raise CLIError(f"{key} must be an integer, got {value!r}")
     return value
+
+
+def out_dir(args: dict[str, Any], usage: str, placeholder: str, holds: str) -> Path:
+    """Pop the required `out=` directory; a file already at that path is refused (`holds`: what goes in it)."""
+    out = args.pop("out", None)
+    if out is None:
+        raise CLIError(f"missing out={placeholder}; usage: {usage}")
+    out = Path(str(out))
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"out={out} is a file; give a directory for {holds}")
+    return out

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rtdp.cli.args import _int, parse_kv
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.1x|ABS] [seed=0] "
@@ -25,21 +26,20 @@ USAGE = ("rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [toleran
 OPTIONS = ("checkpoint", "episodes", "windows", "tolerance", "seed", "out", "progress", "threads")
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Own options and hydra-style policy overrides (`sampler.x=...`); anything else is refused."""
-    opts: dict[str, str] = {}
-    overrides: list[str] = []
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            raise SystemExit(print(__doc__) or 0)
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise CLIError(f"expected key=value, got {arg!r}; usage: {USAGE}")
-        if key in OPTIONS:
-            opts[key] = value
-        elif "." in key or key.lstrip("+") in ("sampler", "task"):
-            overrides.append(arg)
-        else:
+def _is_override(arg: str) -> bool:
+    key = arg.partition("=")[0]
+    return "." in key or key.lstrip("+") in ("sampler", "task")
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Own options (typed by the shared `parse_kv`) and hydra-style policy overrides (`sampler.x=...`); anything
+    else is refused."""
+    if any(a in ("-h", "--help") for a in argv):
+        raise SystemExit(print(__doc__) or 0)
+    overrides = [a for a in argv if _is_override(a)]
+    opts = parse_kv([a for a in argv if not _is_override(a)], USAGE)
+    for key in opts:
+        if key not in OPTIONS:
             raise CLIError(f"unknown option {key!r}; options: {', '.join(OPTIONS)} or sampler.KEY=VALUE overrides; "
                            f"usage: {USAGE}")
     if "checkpoint" not in opts:
@@ -60,14 +60,10 @@ def parse_tolerance(text: str) -> tuple[float, bool]:
     return value, relative
 
 
-def _positive_int(opts: dict[str, str], key: str, default: int) -> int:
-    text = opts.get(key, str(default))
-    try:
-        value = int(text)
-    except ValueError:
-        raise CLIError(f"{key} must be an integer, got {text!r}") from None
-    if value < (0 if key == "seed" else 1):
-        raise CLIError(f"{key} must be >= {0 if key == 'seed' else 1}, got {value}")
+def _at_least(opts: dict[str, Any], key: str, low: int, default: int | None = None) -> int | None:
+    value = _int(opts, key, default)
+    if value is not None and value < low:
+        raise CLIError(f"{key} must be >= {low}, got {value}")
     return value
 
 
@@ -121,13 +117,14 @@ def observation_pairs(policy: Any, cfg: Any, n_exec: int, episodes: int | None, 
 
 def main(argv: list[str]) -> int:
     opts, overrides = parse_args(argv)
-    tol_value, tol_relative = parse_tolerance(opts.get("tolerance", "1.1x"))
-    episodes = _positive_int(opts, "episodes", 0) if "episodes" in opts else None
-    windows = _positive_int(opts, "windows", 256)
-    seed = _positive_int(opts, "seed", 0)
-    threads = _positive_int(opts, "threads", 1) if "threads" in opts else None
-    progress = opts.get("progress", "true").lower() not in ("false", "0", "no")
-    ckpt_arg = Path(opts["checkpoint"])
+    tolerance_arg = str(opts.get("tolerance", "1.1x"))
+    tol_value, tol_relative = parse_tolerance(tolerance_arg)
+    episodes = _at_least(opts, "episodes", 1)
+    windows = _at_least(opts, "windows", 1, 256)
+    seed = _at_least(opts, "seed", 0, 0)
+    threads = _at_least(opts, "threads", 1)
+    progress = bool(opts.get("progress", True))
+    ckpt_arg = Path(str(opts["checkpoint"]))
     if not ckpt_arg.exists():
         raise CLIError(f"checkpoint={ckpt_arg} does not exist; pass a run directory or checkpoints/step_* "
                        "written by `rtdp train`")
@@ -146,7 +143,7 @@ def main(argv: list[str]) -> int:
         raise CLIError(f"cannot load {ckpt_arg}: {err}") from None
     rti = policy.sampler
     n_exec = rti.n_exec or policy.n_action_steps
-    out = Path(opts["out"]) if "out" in opts else _default_out(policy.checkpoint_path)
+    out = Path(str(opts["out"])) if "out" in opts else _default_out(policy.checkpoint_path)
     if out.exists() and not out.is_dir():
         raise CLIError(f"out={out} is a file; give a directory for rti_calibration.json and .png")
     now, nxt, source = observation_pairs(policy, policy.config, n_exec, episodes, windows, seed)
@@ -169,7 +166,7 @@ def main(argv: list[str]) -> int:
                        f"raise tolerance (e.g. tolerance={best['deviation_mean'] / max(floor, 1e-12) * 1.05:.2f}x) "
                        "or calibrate with more windows")
     rec = metrics.record("rti_calibration", checkpoint=str(policy.checkpoint_path), **source,
-                         tolerance=tolerance, tolerance_arg=opts.get("tolerance", "1.1x"),
+                         tolerance=tolerance, tolerance_arg=tolerance_arg,
                          chosen={**chosen, "override": f"sampler=rti sampler.tau={chosen['tau']:g}"}, **result)
     fig = plot_sweep(result, tolerance, chosen)
     png, js = metrics.save_figure(fig, out / "rti_calibration.png", rec)

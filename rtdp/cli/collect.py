@@ -8,10 +8,9 @@ Any other `key=value` is passed to the env constructor (e.g. `control=ee_abs` fo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from rtdp.cli.args import _int, parse_kv
+from rtdp.cli.args import _int, out_dir, parse_kv
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp collect task=ID episodes=N out=PATH.zarr [seed=0] [obs_mode=MODE] [keep_failed=false] "
@@ -47,12 +46,7 @@ def main(argv: list[str]) -> int:
     episodes = _int(args, "episodes")
     if episodes is None or episodes < 1:
         raise CLIError(f"episodes=N (N >= 1) is required; usage: {USAGE}")
-    out = args.pop("out", None)
-    if out is None:
-        raise CLIError(f"missing out=PATH.zarr; usage: {USAGE}")
-    out = Path(str(out))
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"out={out} is a file, not a replay buffer directory; choose another path")
+    out = out_dir(args, USAGE, "PATH.zarr", "the replay buffer")
     seed = _int(args, "seed", 0)
     max_steps = _int(args, "max_steps")
     keep_failed = bool(args.pop("keep_failed", False))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtdp.cli.args import _int, parse_kv
+from rtdp.cli.args import _int, out_dir, parse_kv
 from rtdp.cli.collect import task_args
 from rtdp.cli.main import CLIError
 
@@ -36,12 +36,7 @@ def main(argv: list[str]) -> int:
     max_steps = _int(args, "max_steps")
     if episodes < 1 or n_envs < 1 or videos < 0:
         raise CLIError(f"episodes and n_envs must be >= 1 and video >= 0; usage: {USAGE}")
-    out = args.pop("out", None)
-    if out is None:
-        raise CLIError(f"missing out=DIR; usage: {USAGE}")
-    out = Path(str(out))
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"out={out} is a file; give a directory for eval.json, eval.png and videos")
+    out = out_dir(args, USAGE, "DIR", "eval.json, eval.png and videos")
     progress = bool(args.pop("progress", True))
     checkpoint = args.pop("checkpoint", None)
     agent_name = args.pop("agent", None if checkpoint is not None else "expert")
