@@ -177,6 +177,8 @@ def run_task(task: str, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         overrides = method_overrides(method, discrete, tau, args.rti_discrete_mode)
         policy = load_policy(ckpt, overrides)
+        # the gripper's trained normalised value (RTI-DP's scaling when < 1; old checkpoints predate the key)
+        res.setdefault("action_discrete_scale", float(policy.config.task.action.get("discrete_scale", 1.0)))
         episodes = args.ddpm_episodes if method == "ddpm100" else args.episodes
         print(f"[streaming] {task}/{method}: {episodes} episodes ...", file=sys.stderr, flush=True)
         obs_mode = policy.config.task.env.get("obs_mode")
@@ -283,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-steps", type=int, default=120, help="control steps timed per method (batch 1)")
     ap.add_argument("--rti-tau", type=float, default=None,
                     help="RTI tau (default: the checkpoint's rti_calibration choice, else warm_steps=2)")
-    ap.add_argument("--rti-discrete-mode", default="reinit", choices=("reinit", "keep"),
-                    help="RTI's handling of the arm's gripper: reinit (+1 evaluation per call) or keep")
+    ap.add_argument("--rti-discrete-mode", default="reinit", choices=("reinit", "keep", "noiseless"),
+                    help="RTI's handling of the arm's gripper: reinit (+1 evaluation per call) or keep "
+                         "(RTI-DP's scaling when the checkpoint was trained with task.action.discrete_scale=0.1)")
     ap.add_argument("--loop-hz", type=float, nargs="+", default=None,
                     help="control-loop rates for the async SDP run (default: each task's own rate)")
     ap.add_argument("--loop-episodes", type=int, default=3)

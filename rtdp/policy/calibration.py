@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rtdp.policy.samplers.diffusion import DDIMSampler
-from rtdp.policy.samplers.rti import RTISampler
+from rtdp.policy.samplers.rti import RTISampler, discrete_levels, snap_discrete
 
 
 def executed_deviation(a: Tensor, b: Tensor, start: int, n_exec: int) -> Tensor:
@@ -31,13 +31,6 @@ def _stats(dev: Tensor) -> dict[str, float]:
     d = dev.double().cpu().numpy()
     return {"deviation_mean": float(d.mean()), "deviation_p95": float(np.percentile(d, 95)),
             "deviation_max": float(d.max())}
-
-
-def _threshold(x: Tensor, dims: Sequence[int]) -> Tensor:
-    if dims:
-        x = x.clone()
-        x[..., list(dims)] = torch.where(x[..., list(dims)] >= 0, 1.0, -1.0).to(x.dtype)
-    return x
 
 
 def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str, Tensor], *, num_steps: int = 10,
@@ -58,6 +51,7 @@ def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str,
     shape_of = lambda n: (n, policy.horizon, policy.action_dim)
     n = next(iter(obs_now.values())).shape[0]
     full = DDIMSampler(schedule, num_steps)
+    levels = discrete_levels(policy.normalizer, discrete_dims, policy.action_key)
     floor, devs, nfe = [], {w: [] for w in range(1, num_steps + 1)}, {}
     policy.eval()
     with torch.no_grad():
@@ -68,13 +62,14 @@ def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str,
             fn_now = lambda x, k, c=cond_now: policy.denoiser(x, k, c)
             fn_next = lambda x, k, c=cond_next: policy.denoiser(x, k, c)
             shape = shape_of(sl.stop - sl.start)
-            prev = _threshold(full.sample(fn_now, shape, generator=generator), discrete_dims)
-            ref = _threshold(full.sample(fn_next, shape, generator=generator), discrete_dims)
-            other = _threshold(full.sample(fn_next, shape, generator=generator), discrete_dims)
+            prev = snap_discrete(full.sample(fn_now, shape, generator=generator), discrete_dims, levels)
+            ref = snap_discrete(full.sample(fn_next, shape, generator=generator), discrete_dims, levels)
+            other = snap_discrete(full.sample(fn_next, shape, generator=generator), discrete_dims, levels)
             floor.append(executed_deviation(other, ref, start, n_exec))
             for w, dev in devs.items():
                 rti = RTISampler(schedule, num_steps=num_steps, warm_steps=w, n_action_steps=n_exec,
                                  discrete_dims=discrete_dims, discrete_mode=discrete_mode)
+                rti.discrete_levels = levels
                 rti.set_previous(prev)
                 out = rti.sample(fn_next, shape, generator=generator, n_executed=n_exec)
                 nfe[w] = rti.last_nfe
@@ -95,6 +90,41 @@ def pick_tau(points: Sequence[Mapping[str, Any]], tolerance: float) -> Mapping[s
     """The point with the smallest τ whose mean deviation is within `tolerance`, or None if none is."""
     ok = [p for p in points if p["deviation_mean"] <= tolerance]
     return min(ok, key=lambda p: p["tau"]) if ok else None
+
+
+def binary_denoiser(schedule: Any, value: float, p_high: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """The exact ε-denoiser of one binary dimension whose data sit at ±`value` (normalised), +`value` with
+    probability `p_high` given the observation: its x̂0 is the posterior mean E[x0 | x_k] (used to see how the
+    discrete scale and τ decide whether a warm start follows a flip, independently of any training)."""
+    prior_logit = float(np.log(p_high / (1.0 - p_high)))
+
+    def fn(x: Tensor, level: Tensor) -> Tensor:
+        ab = schedule.abar(level, x).double()
+        xd = x.double()
+        x0 = value * torch.tanh(0.5 * prior_logit + ab.sqrt() * value * xd / (1 - ab).clamp_min(1e-12))
+        return ((xd - ab.sqrt() * x0) / (1 - ab).clamp_min(1e-12).sqrt()).to(x.dtype)
+
+    return fn
+
+
+def flip_rate(schedule: Any, value: float, warm_steps: int, confidence: float = 0.98, n: int = 1024,
+              num_steps: int = 10, horizon: int = 16, n_obs_steps: int = 2, seed: int = 0) -> dict[str, float]:
+    """With the exact `binary_denoiser`: RTI (`keep`) warm-started for 3 calls on an observation that says "high"
+    with `confidence`, then one call on an observation that says "low" as surely. Returns the fraction of the
+    `n` samples whose executed gripper is high before and low after that one call, and the τ used."""
+    high_fn = binary_denoiser(schedule, value, confidence)
+    low_fn = binary_denoiser(schedule, value, 1.0 - confidence)
+    rti = RTISampler(schedule, num_steps=num_steps, warm_steps=warm_steps, n_action_steps=1, discrete_dims=[0],
+                     discrete_mode="keep")
+    rti.discrete_levels = (torch.tensor([-value]), torch.tensor([value]))
+    g = torch.Generator().manual_seed(seed)
+    shape, head = (n, horizon, 1), n_obs_steps - 1
+    for _ in range(3):
+        out = rti.sample(high_fn, shape, generator=g)
+    before = (out[:, head, 0] > 0).double().mean().item()
+    out = rti.sample(low_fn, shape, generator=g)
+    return {"tau": rti.tau, "warm_steps": warm_steps, "held_before": before,
+            "followed": (out[:, head, 0] < 0).double().mean().item()}
 
 
 def plot_sweep(result: Mapping[str, Any], tolerance: float | None = None, chosen: Mapping[str, Any] | None = None):

@@ -55,6 +55,13 @@ def make_policy(policy_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any], o
     schedule = make_schedule(pcfg.get("schedule"))
     sampler = make_sampler(_plain(sampler_cfg), schedule, horizon=horizon, n_obs_steps=n_obs,
                            n_action_steps=int(pcfg["n_action_steps"]))
+    if getattr(sampler, "discrete_dims", None):  # snap them to the data's two values (scaled or not)
+        from rtdp.policy.samplers.rti import discrete_levels
+
+        bad = [d for d in sampler.discrete_dims if not 0 <= int(d) < action_dim]
+        if bad:
+            raise ValueError(f"sampler.discrete_dims {bad} out of range for {action_dim} action dimensions")
+        sampler.discrete_levels = discrete_levels(normalizer, sampler.discrete_dims)
     policy = DiffusionPolicy(encoder, denoiser, schedule, sampler, normalizer, action_dim=action_dim, horizon=horizon,
                              n_obs_steps=n_obs, n_action_steps=int(pcfg["n_action_steps"]), fps=fps)
     if pcfg.get("levels"):  # per-position training levels (streaming diffusion); default: one level per sample

@@ -67,6 +67,25 @@ class Normalizer:
         stats = {"scale": scale, "offset": offset, "min": lo, "max": hi, "mean": mean, "std": std}
         self._set(key, mode, {k: np.asarray(v, np.float32) for k, v in stats.items()})
 
+    def scale_dims(self, key: str, dims: list[int], factor: float) -> None:
+        """Multiply the normalised values of `dims` of `key` by `factor` (its maps become y = f·(x·scale + offset)).
+
+        RTI-DP's handling of binary dimensions: trained at ±0.1 instead of ±1, a gripper's sign carried over by a
+        warm start is weak evidence at a small noise level, so the observation can flip it (docs/streaming.md).
+        """
+        p = self._params[self._check(key)]
+        if not factor > 0:
+            raise ValueError(f"normalizer key {key!r}: the scale factor must be > 0, got {factor}")
+        n = int(np.size(p["scale"])) if np.ndim(p["scale"]) else 0
+        bad = [d for d in dims if not 0 <= int(d) < n]
+        if bad:
+            raise ValueError(f"normalizer key {key!r}: dimension(s) {bad} out of range for its {n} dimension(s)")
+        idx = [int(d) for d in dims]
+        for field in ("scale", "offset"):
+            p[field] = p[field].copy()
+            p[field][idx] *= np.float32(factor)
+        self._set(key, self._modes[key], p)
+
     def _set(self, key: str, mode: str, params: dict[str, np.ndarray]) -> None:
         self._params[key] = params
         self._modes[key] = mode

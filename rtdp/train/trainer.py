@@ -135,9 +135,29 @@ def build_datasets(cfg: DictConfig, copy_to_memory: bool = True) -> tuple[Any, A
     except (ReplayBufferError, KeyError) as err:
         raise DataError(f"dataset {str(path)!r} does not fit task {cfg.task.name!r}: {err}") from err
     normalizer = ds.get_normalizer()
+    _scale_discrete_actions(normalizer, action, cfg.task.name)
     ds.normalizer = normalizer
     val = ds.get_validation_dataset() if ds.val_mask.any() else None
     return ds, val, normalizer
+
+
+def _scale_discrete_actions(normalizer: Normalizer, action: dict, task: str) -> None:
+    """Apply the task's `action.discrete_scale` to its `action.discrete_dims` (binary dimensions, e.g. a gripper)
+    after normalisation; the factor is stored in the normaliser, so checkpoints load with it."""
+    dims, factor = list(action.get("discrete_dims") or []), action.get("discrete_scale", 1.0)
+    try:
+        factor = float(factor)
+    except (TypeError, ValueError):
+        raise DataError(f"task {task!r}: action.discrete_scale must be a number > 0, got {factor!r}") from None
+    if factor == 1.0:
+        return
+    if not dims:
+        raise DataError(f"task {task!r}: action.discrete_scale={factor:g} needs action.discrete_dims (the "
+                        "binary action dimensions it scales), e.g. task.action.discrete_dims=[4]")
+    try:
+        normalizer.scale_dims("action", dims, factor)
+    except ValueError as err:
+        raise DataError(f"task {task!r}: {err}; fix task.action.discrete_dims / discrete_scale") from None
 
 
 def data_meta(ds: Any) -> dict[str, Any]:

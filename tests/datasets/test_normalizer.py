@@ -96,3 +96,17 @@ def test_unknown_key_and_mode_are_clear_errors():
         norm.normalize("b", np.zeros(3))
     with pytest.raises(ValueError, match="mode must be one of"):
         Normalizer.fit({"a": _data()}, {"a": "zscore"})
+
+
+def test_scaling_dimensions_multiplies_their_normalised_values_and_still_inverts():
+    x = np.stack([np.linspace(-1, 1, 50), np.where(np.arange(50) % 2, 1.0, -1.0)], axis=1).astype(np.float32)
+    norm = Normalizer.fit({"action": x})
+    norm.scale_dims("action", [1], 0.1)
+    y = norm.normalize("action", x)
+    assert np.allclose(y[:, 0], x[:, 0]) and np.allclose(np.unique(y[:, 1]), [-0.1, 0.1])
+    assert np.allclose(norm.unnormalize("action", y), x, atol=1e-6)
+    assert np.allclose(Normalizer.from_state_dict(norm.state_dict()).normalize("action", x), y)  # saved with it
+    with pytest.raises(ValueError, match=r"dimension\(s\) \[2\] out of range"):
+        norm.scale_dims("action", [2], 0.1)
+    with pytest.raises(ValueError, match="must be > 0"):
+        norm.scale_dims("action", [1], 0.0)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rtdp.policy.calibration import binary_denoiser, flip_rate
 from rtdp.policy.levels import StreamingLevels, make_level_sampler
 from rtdp.policy.samplers import (
     DDIMSampler,
@@ -184,6 +185,45 @@ def test_a_gripper_flip_is_followed_within_one_step_when_the_discrete_dimension_
     closed = (out[:, TO - 1, 0] == -1.0).float().mean().item()
     assert (closed > 0.95) if follows else (closed < 0.5)
     assert rti.last_nfe == 2 + (mode == "reinit")  # re-deciding the gripper costs one evaluation
+
+
+@pytest.mark.parametrize("value,follows", [(0.1, True), (1.0, False)])
+def test_a_gripper_flip_is_followed_within_one_step_with_scaling_on(value, follows):
+    """RTI-DP's scaling, on the exact denoiser of a binary gripper: trained at ±0.1, a warm-started sign is weak
+    evidence at τ, so an observation that says "close" (98 % sure) flips it on the very next call; at ±1 the
+    carried-over sign wins. The same 2 evaluations either way (reinit pays a third)."""
+    schedule = DDPMSchedule(clip_sample=False)
+    res = flip_rate(schedule, value, warm_steps=2, n=256, num_steps=10, horizon=T, n_obs_steps=TO, seed=8)
+    assert res["held_before"] > 0.9
+    assert (res["followed"] > 0.9) if follows else (res["followed"] < 0.05)
+
+
+@pytest.mark.parametrize("mode,max_changed", [("noiseless", 0.0), ("keep", 1.0)])
+def test_noiseless_discrete_warm_start_never_flips_on_its_own_and_still_follows_a_sure_observation(mode, max_changed):
+    """An observation only 80 % sure of "open": re-noised with noise (keep, ±0.1) the gripper flips at random
+    between calls; re-noised without noise it holds the sign it has. Both follow a 98 %-sure "close"."""
+    schedule = DDPMSchedule(clip_sample=False)
+    unsure, close = binary_denoiser(schedule, 0.1, 0.8), binary_denoiser(schedule, 0.1, 0.02)
+    rti = RTISampler(schedule, num_steps=10, warm_steps=2, n_action_steps=1, discrete_dims=[0], discrete_mode=mode)
+    rti.discrete_levels = (torch.tensor([-0.1]), torch.tensor([0.1]))
+    g = torch.Generator().manual_seed(3)
+    heads = [rti.sample(unsure, (512, T, 1), generator=g)[:, TO - 1, 0] for _ in range(6)]
+    changed = torch.stack([a != b for a, b in zip(heads[1:], heads[2:])]).any(0).float().mean().item()
+    assert changed <= max_changed and (mode == "noiseless" or changed > 0.2)
+    out = rti.sample(close, (512, T, 1), generator=g)
+    assert (out[:, TO - 1, 0] < 0).float().mean().item() > 0.9 and rti.last_nfe == 2
+
+
+def test_rti_snaps_discrete_dimensions_to_the_normalisers_two_values_without_an_extra_evaluation():
+    schedule = DDPMSchedule(clip_sample=False)
+    rti = RTISampler(schedule, num_steps=10, warm_steps=2, n_action_steps=1, discrete_dims=[0], discrete_mode="keep")
+    rti.discrete_levels = (torch.tensor([-0.1]), torch.tensor([0.1]))
+    fn = binary_denoiser(schedule, 0.1, 0.5)
+    rti.sample(fn, (64, T, 2))
+    out = rti.sample(fn, (64, T, 2))
+    assert rti.last_warm and rti.last_nfe == 2
+    assert set(out[..., 0].unique().tolist()) <= {torch.tensor(-0.1).item(), torch.tensor(0.1).item()}
+    assert len(out[..., 1].unique()) > 2  # the continuous dimension is left alone
 
 
 def test_streaming_returns_the_clean_head_and_a_denoised_estimate_for_the_still_noisy_tail():

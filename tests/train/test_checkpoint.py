@@ -73,6 +73,12 @@ def test_load_policy_rejects_bad_overrides_clearly(trained, override, message):
         load_policy(out, override)
 
 
+def test_rti_discrete_dims_outside_the_action_are_refused(trained):
+    _, out = trained
+    with pytest.raises(ValueError, match=r"sampler.discrete_dims \[5\] out of range for 2 action dimensions"):
+        load_policy(out, ["sampler=rti", "sampler.discrete_dims=[5]"])
+
+
 def test_weights_of_another_policy_type_are_refused(trained, tmp_path):
     _, out = trained
     fake = tmp_path / "fake"

@@ -67,3 +67,35 @@ def test_resume_without_a_run_and_rerun_over_a_run_are_refused(capsys, tiny_data
     code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}", "resume=true",
                        "policy=transformer", "policy.denoiser.n_layers=1", "policy.denoiser.dim=16", "num_threads=1")
     assert code == 2 and "holds a 'unet1d' policy, not 'transformer'" in err
+
+
+def test_a_scaled_gripper_is_trained_at_its_factor_and_the_rti_sampler_snaps_to_it(capsys, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+                       "training.num_steps=2", "task.action.discrete_dims=[1]", "task.action.discrete_scale=0.1",
+                       *TINY_POLICY)
+    assert code == 0, err
+    import torch
+
+    from rtdp.train.checkpoint import load_policy
+
+    policy = load_policy(out, ["sampler=rti", "sampler.discrete_dims=[1]"])
+    lo, hi = policy.sampler.discrete_levels
+    assert torch.allclose(lo, torch.tensor([-0.1])) and torch.allclose(hi, torch.tensor([0.1]))
+    hi_raw = torch.as_tensor(policy.normalizer.stats("action")["max"])
+    assert torch.isclose(policy.normalizer.normalize("action", hi_raw)[1], torch.tensor(0.1))
+    assert load_policy(out, ["sampler=rti"]).sampler.discrete_levels is None  # nothing to snap
+
+
+@pytest.mark.parametrize("args, message", [
+    (["task.action.discrete_scale=0"], "the scale factor must be > 0"),
+    (["task.action.discrete_scale=big"], "action.discrete_scale must be a number > 0"),
+    (["task.action.discrete_dims=[7]", "task.action.discrete_scale=0.1"], "dimension(s) [7] out of range"),
+    (["task.action.discrete_dims=[]", "task.action.discrete_scale=0.1"], "needs action.discrete_dims"),
+])
+def test_bad_discrete_action_settings_are_one_line(capsys, tiny_data, tmp_path, args, message):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+                       "training.num_steps=1", *TINY_POLICY, *args)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -5,6 +5,7 @@ there with a few DDIM steps. Inference only: works with any DDPM/DDIM-trained po
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +22,30 @@ def shift_and_pad(chunk: Tensor, m: int) -> Tensor:
     return torch.cat([chunk[:, m:], chunk[:, -1:].expand(-1, m, -1)], dim=1)
 
 
+def snap_discrete(x: Tensor, dims: Sequence[int], levels: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """`x` with its `dims` snapped to the nearer of their two normalised values (`levels` = (low, high) per dim;
+    default ±1). A copy: `x` is left alone."""
+    x = x.clone()
+    if dims:
+        idx = list(dims)
+        lo, hi = levels if levels is not None else (torch.full((len(idx),), -1.0), torch.ones(len(idx)))
+        lo, hi = lo.to(x.device, x.dtype), hi.to(x.device, x.dtype)
+        x[..., idx] = torch.where(x[..., idx] >= (lo + hi) / 2, hi, lo)
+    return x
+
+
+def discrete_levels(normalizer: Any, dims: Sequence[int], key: str = "action") -> tuple[Tensor, Tensor] | None:
+    """The normalised values of the data's min and max on `dims` of `key` (±1 for minmax, ±f with the task's
+    `action.discrete_scale` f), or None without a fitted normaliser for `key`."""
+    if not dims or normalizer is None or key not in normalizer:
+        return None
+    stats = normalizer.stats(key)
+    lo = normalizer.normalize(key, torch.as_tensor(stats["min"], dtype=torch.float32))
+    hi = normalizer.normalize(key, torch.as_tensor(stats["max"], dtype=torch.float32))
+    idx = list(dims)
+    return lo.reshape(-1)[idx].clone(), hi.reshape(-1)[idx].clone()
+
+
 def warm_steps_for_tau(grid: Sequence[float], tau: float) -> int:
     """Warm steps that use the grid levels ≤ τ (a level of the training schedule); τ at or above the grid's top
     level is the whole grid (a cold start)."""
@@ -31,18 +56,27 @@ def warm_steps_for_tau(grid: Sequence[float], tau: float) -> int:
     return len(below)
 
 
+DISCRETE_MODES = ("reinit", "keep", "noiseless")
+
+
 class RTISampler(DDIMSampler):
     """DDIM with a warm start: `warm_steps` of the `num_steps`-step DDIM grid, from τ = its level there.
 
     `warm_steps == num_steps` (or τ at the grid's top level) is the cold DDIM sampler exactly; `tau` selects the
     grid levels ≤ τ instead of counting steps. The first call of an episode (no previous
-    chunk) is a cold start. Discrete dimensions (a gripper's open/close, ±1 after normalisation) resist the flip
-    a warm start implies: near the data a denoiser trusts its input, so the old sign survives re-noising to a
-    small τ. With `discrete_mode="reinit"` they are re-initialised from noise: one extra evaluation at the top
-    level of the grid, from pure noise, reads their sign off the observation alone; that sign replaces the
-    guess before re-noising, and the outputs are thresholded back to ±1 (`"keep"`: warm-start them too, only
-    thresholding). The paper's alternative, training with those dimensions scaled by a factor > 1, changes
-    the trained weights and is not offered here.
+    chunk) is a cold start. Discrete dimensions (a gripper's open/close) resist the flip a warm start implies:
+    near the data a denoiser trusts its input, so the old sign survives re-noising to a small τ. Two remedies:
+    - `discrete_mode="reinit"`: one extra evaluation at the top level of the grid, from pure noise, reads their
+      sign off the observation alone; that sign replaces the guess before re-noising.
+    - scaling (RTI-DP's own): train with those dimensions at ±0.1 instead of ±1 after normalisation
+      (`task.action.discrete_scale=0.1`) and warm-start them like the rest (`discrete_mode="keep"`). At a small τ
+      the noise then swamps the carried-over sign, so the observation decides it; but every call is then a
+      fresh draw, and a 2 % chance of the wrong sign per call adds up over an episode.
+    - `discrete_mode="noiseless"` (with scaling): re-noise those dimensions without noise, x_τ = √ᾱ_τ·guess.
+      The carried-over sign is then fixed evidence (log-odds 2ᾱ_τs²/(1 − ᾱ_τ), 0.7 at s = 0.1, τ = 10), so the
+      sign flips only when the observation outweighs it: hysteresis instead of random flips.
+    Either way the outputs are snapped back to the two values of the data (`discrete_levels`, set from the
+    policy's normaliser; ±1 by default).
     """
 
     name = "rti"
@@ -50,10 +84,10 @@ class RTISampler(DDIMSampler):
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, warm_steps: int = 2, eta: float = 0.0,
                  n_action_steps: int | None = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = "reinit",
-                 tau: float | None = None):
+                 tau: float | None = None, noise_scale: float = 1.0):
         super().__init__(schedule, num_steps, eta)
-        if discrete_mode not in ("reinit", "keep"):
-            raise ValueError(f"rti: discrete_mode must be 'reinit' or 'keep', got {discrete_mode!r}")
+        if discrete_mode not in DISCRETE_MODES:
+            raise ValueError(f"rti: discrete_mode must be one of {', '.join(DISCRETE_MODES)}, got {discrete_mode!r}")
         grid = schedule.inference_levels(num_steps).tolist()
         if tau is not None:
             warm_steps = warm_steps_for_tau(grid, tau)
@@ -69,6 +103,10 @@ class RTISampler(DDIMSampler):
         self.default_shift = self.n_exec or 1
         self.discrete_dims = list(discrete_dims)
         self.discrete_mode = discrete_mode
+        self.discrete_levels: tuple[Tensor, Tensor] | None = None  # normalised (low, high) per discrete dim
+        if not noise_scale >= 0:
+            raise ValueError(f"rti: noise_scale must be >= 0, got {noise_scale}")
+        self.noise_scale = float(noise_scale)
         self.prev: Tensor | None = None
         self.last_warm = False
 
@@ -89,12 +127,14 @@ class RTISampler(DDIMSampler):
                 top = batch_level(self.schedule.inference_levels(self.num_steps)[0], shape[0], guess.device)
                 prior = self.schedule.prior(shape, generator=generator, device=guess.device, dtype=guess.dtype)
                 decided, _ = self.predict(denoise_fn, prior, top)
-                guess[..., self.discrete_dims] = torch.where(decided[..., self.discrete_dims] >= 0, 1.0, -1.0)
-            noise = torch.randn(shape, generator=generator, device=guess.device, dtype=guess.dtype)
+                guess[..., self.discrete_dims] = snap_discrete(decided, self.discrete_dims,
+                                                               self.discrete_levels)[..., self.discrete_dims]
+            noise = torch.randn(shape, generator=generator, device=guess.device, dtype=guess.dtype) * self.noise_scale
+            if self.discrete_dims and self.discrete_mode == "noiseless":
+                noise[..., self.discrete_dims] = 0.0
             x_tau = self.schedule.add_noise(guess, noise, batch_level(self.tau, shape[0], guess.device))
             x = self.denoise(denoise_fn, x_tau, self.warm_levels, generator)
-        if self.discrete_dims:
-            x[..., self.discrete_dims] = torch.where(x[..., self.discrete_dims] >= 0, 1.0, -1.0).to(x.dtype)
+        x = snap_discrete(x, self.discrete_dims, self.discrete_levels)
         self.last_warm = not cold
         self.prev = x.clone()
         return x
