@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"scale": s, **flip_rate(schedule, s, w, confidence=args.confidence, n=args.n)}
             for s in SCALES for w in WARM_STEPS]
     res = metrics.record("rti_discrete_scale", confidence=args.confidence, n=args.n, rows=rows,
-                         notes=["followed: fraction of samples whose executed gripper takes the new sign on the "
-                                "first call after the observation flips (RTI keep mode, Ta=1)",
+                         notes=[("followed: fraction of samples whose executed gripper takes the new sign on the "
+                                "first call after the observation flips (RTI keep mode, Ta=1)"),
                                 "held_before: fraction holding the old sign after 3 calls on the old observation"])
     import matplotlib
 

@@ -154,7 +154,8 @@ def main(argv: list[str]) -> int:
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"RTI sweep over {n} windows", total=-(-n // 128))
         result = sweep_rti(policy, now, nxt, num_steps=rti.num_steps, n_exec=n_exec,
-                           discrete_dims=rti.discrete_dims, discrete_mode=rti.discrete_mode, generator=gen,
+                           discrete_dims=rti.discrete_dims, discrete_mode=rti.discrete_mode,
+                           discrete_hysteresis=rti.discrete_hysteresis, generator=gen,
                            on_point=lambda: bar.advance(task))
     floor = result["noise_floor"]["deviation_mean"]
     tolerance = tol_value * floor if tol_relative else tol_value
@@ -165,7 +166,8 @@ def main(argv: list[str]) -> int:
                        f"is tau={best['tau']:g} at {best['deviation_mean']:.4g}, the noise floor is {floor:.4g}; "
                        f"raise tolerance (e.g. tolerance={best['deviation_mean'] / max(floor, 1e-12) * 1.05:.2f}x) "
                        "or calibrate with more windows")
-    rec = metrics.record("rti_calibration", checkpoint=str(policy.checkpoint_path), **source,
+    variant = {k: v for k, v in rti.describe().items() if k.startswith("discrete") or k in ("num_steps", "n_action_steps")}
+    rec = metrics.record("rti_calibration", checkpoint=str(policy.checkpoint_path), **source, rti=variant,
                          tolerance=tolerance, tolerance_arg=tolerance_arg,
                          chosen={**chosen, "override": f"sampler=rti sampler.tau={chosen['tau']:g}"}, **result)
     fig = plot_sweep(result, tolerance, chosen)

@@ -1,5 +1,7 @@
 """`rtdp eval task=ID [agent=expert | checkpoint=PATH] episodes=50 seed=0 n_envs=2 out=DIR [video=N]
-[obs_mode=...] [max_steps=N] [overrides ...]`: seeded, vectorised evaluation; writes eval.json, eval.png, videos.
+[obs_mode=...] [max_steps=N] [num_threads=N] [overrides ...]`: seeded, vectorised evaluation; writes eval.json,
+eval.png, videos. `num_threads` sets torch's intra-op threads (1 when other jobs share the CPU: two evaluations
+of 2 threads each on 2 cores thrash).
 
 With `checkpoint=PATH` every remaining `key=value` is a hydra-style override for the policy
 (`sampler=ddim sampler.num_steps=10`); with `agent=expert` they go to the env constructor.
@@ -15,7 +17,7 @@ from rtdp.cli.collect import task_args
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] [episodes=50] [seed=0] [n_envs=2] out=DIR "
-         "[video=N] [obs_mode=MODE] [max_steps=N] [progress=true] [overrides ...]")
+         "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [progress=true] [overrides ...]")
 
 
 def main(argv: list[str]) -> int:
@@ -34,8 +36,9 @@ def main(argv: list[str]) -> int:
     seed = _int(args, "seed", 0)
     videos = _int(args, "video", 0)
     max_steps = _int(args, "max_steps")
-    if episodes < 1 or n_envs < 1 or videos < 0:
-        raise CLIError(f"episodes and n_envs must be >= 1 and video >= 0; usage: {USAGE}")
+    num_threads = _int(args, "num_threads")
+    if episodes < 1 or n_envs < 1 or videos < 0 or (num_threads is not None and num_threads < 1):
+        raise CLIError(f"episodes, n_envs and num_threads must be >= 1 and video >= 0; usage: {USAGE}")
     out = out_dir(args, USAGE, "DIR", "eval.json, eval.png and videos")
     progress = bool(args.pop("progress", True))
     checkpoint = args.pop("checkpoint", None)
@@ -52,6 +55,10 @@ def main(argv: list[str]) -> int:
         except ImportError as err:
             raise CLIError(f"cannot load checkpoints: rtdp.train.checkpoint is unavailable ({err})") from None
         overrides = [f"{k}={raw.get(k, v)}" for k, v in args.items()]
+        if num_threads is not None:
+            import torch
+
+            torch.set_num_threads(num_threads)
         try:
             agent = load_policy(path, overrides)
         except (ValueError, KeyError, FileNotFoundError) as err:

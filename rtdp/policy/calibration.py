@@ -35,7 +35,7 @@ def _stats(dev: Tensor) -> dict[str, float]:
 
 def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str, Tensor], *, num_steps: int = 10,
               n_exec: int = 2, discrete_dims: Sequence[int] = (), discrete_mode: str = "reinit",
-              generator: torch.Generator | None = None, batch_size: int = 128,
+              discrete_hysteresis: float | None = None, generator: torch.Generator | None = None, batch_size: int = 128,
               on_point: Callable[[], None] | None = None) -> dict[str, Any]:
     """The deviation-vs-τ curve of `policy` (a `DiffusionPolicy`) on normalised observation windows.
 
@@ -68,7 +68,8 @@ def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str,
             floor.append(executed_deviation(other, ref, start, n_exec))
             for w, dev in devs.items():
                 rti = RTISampler(schedule, num_steps=num_steps, warm_steps=w, n_action_steps=n_exec,
-                                 discrete_dims=discrete_dims, discrete_mode=discrete_mode)
+                                 discrete_dims=discrete_dims, discrete_mode=discrete_mode,
+                                 discrete_hysteresis=discrete_hysteresis)
                 rti.discrete_levels = levels
                 rti.set_previous(prev)
                 out = rti.sample(fn_next, shape, generator=generator, n_executed=n_exec)

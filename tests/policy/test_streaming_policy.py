@@ -175,6 +175,16 @@ def test_calibrate_rti_cli_writes_the_curve_and_prints_the_override(tiny_run, ca
     assert (out / "rti_calibration.png").stat().st_size > 0
 
 
+def test_calibrate_rti_calibrates_the_gripper_variant_it_is_given_and_records_it(tiny_run, capsys):
+    out = tiny_run / "calib_gripper"
+    assert rtdp_main(["calibrate-rti", f"checkpoint={tiny_run}", "windows=16", "tolerance=100x", f"out={out}",
+                      "progress=false", "sampler.discrete_dims=[1]", "sampler.discrete_mode=noiseless",
+                      "sampler.discrete_hysteresis=1.6"]) == 0
+    rec = json.loads((out / "rti_calibration.json").read_text())
+    assert rec["rti"]["discrete_dims"] == [1] and rec["rti"]["discrete_mode"] == "noiseless"
+    assert rec["rti"]["discrete_hysteresis"] == 1.6 and len(rec["points"]) == 10
+
+
 @pytest.mark.parametrize("args,message", [
     (["bogus=1"], "unknown option 'bogus'"),
     (["sampler.bogus=1"], "does not exist"),
@@ -198,6 +208,24 @@ def test_eval_with_sampler_sdp_reaches_the_streaming_sampler(tiny_run, tmp_path,
     summary = json.loads((out / "eval.json").read_text())["summary"]
     assert summary["mean_length"] == 10
     assert summary["nfe_per_action"] == pytest.approx((15 + 9) / 10)  # start-up sample, then 1 per step
+
+
+PUSHT = ["task=pusht", "obs_mode=keypoints"]
+
+
+def test_eval_num_threads_sets_torchs_threads_and_refuses_zero(tiny_run, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert rtdp_main(["eval", *PUSHT, f"checkpoint={tiny_run}", "episodes=1", "n_envs=1", "max_steps=3",
+                          "num_threads=1", f"out={tmp_path / 'eval'}", "progress=false"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    assert rtdp_main(["eval", *PUSHT, f"checkpoint={tiny_run}", "num_threads=0", f"out={tmp_path / 'bad'}"]) == 2
+    err = capsys.readouterr().err
+    assert "num_threads must be >= 1" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
 def test_run_with_sampler_rti_in_async_mode_reaches_the_warm_start(tiny_run, tmp_path):

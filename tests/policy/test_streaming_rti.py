@@ -1,5 +1,7 @@
 """Streaming Diffusion Policy and RTI warm start: the reductions and invariants of ALGORITHMS.md §1–2."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -208,10 +210,42 @@ def test_noiseless_discrete_warm_start_never_flips_on_its_own_and_still_follows_
     rti.discrete_levels = (torch.tensor([-0.1]), torch.tensor([0.1]))
     g = torch.Generator().manual_seed(3)
     heads = [rti.sample(unsure, (512, T, 1), generator=g)[:, TO - 1, 0] for _ in range(6)]
-    changed = torch.stack([a != b for a, b in zip(heads[1:], heads[2:])]).any(0).float().mean().item()
+    changed = torch.stack([a != b for a, b in itertools.pairwise(heads[1:])]).any(0).float().mean().item()
     assert changed <= max_changed and (mode == "noiseless" or changed > 0.2)
     out = rti.sample(close, (512, T, 1), generator=g)
     assert (out[:, TO - 1, 0] < 0).float().mean().item() > 0.9 and rti.last_nfe == 2
+
+
+@pytest.mark.parametrize("hysteresis,p_open,flips", [(None, 0.98, False), (3.0, 0.98, True), (3.0, 0.9, False)])
+def test_discrete_hysteresis_sets_how_sure_an_observation_must_be_to_flip_a_carried_gripper(hysteresis, p_open, flips):
+    """Trained at ±0.3, a carried-over "closed" re-noised without noise to τ=10 counts 2ᾱs²/(1−ᾱ) ≈ 6.2 log-odds:
+    even a 98 %-sure "open" (3.9) cannot flip it. Weighed to 3 log-odds, that observation flips it and a 90 %-sure
+    one (2.2) still does not. Deterministic: every sample agrees."""
+    schedule = DDPMSchedule(clip_sample=False)
+    closed, opening = binary_denoiser(schedule, 0.3, 0.98), binary_denoiser(schedule, 0.3, 1.0 - p_open)
+    rti = RTISampler(schedule, num_steps=10, warm_steps=2, n_action_steps=1, discrete_dims=[0],
+                     discrete_mode="noiseless", discrete_hysteresis=hysteresis)
+    rti.discrete_levels = (torch.tensor([-0.3]), torch.tensor([0.3]))
+    g = torch.Generator().manual_seed(5)
+    rti.set_previous(torch.full((64, T, 1), 0.3))
+    assert (rti.sample(closed, (64, T, 1), generator=g)[:, TO - 1, 0] > 0).all()  # held while the data agree
+    head = rti.sample(opening, (64, T, 1), generator=g)[:, TO - 1, 0]
+    assert (head < 0).all() if flips else (head > 0).all()
+    assert rti.last_nfe == 2
+
+
+@pytest.mark.parametrize("half", [0.3, 1.0])
+def test_discrete_hysteresis_is_converted_to_the_carried_value_that_is_worth_it_at_tau(half):
+    schedule = DDPMSchedule()
+    rti = RTISampler(schedule, tau=10, discrete_dims=[0], discrete_hysteresis=1.6)
+    ab = schedule.abar(torch.tensor([10]), torch.zeros(1, 1, 1)).reshape(())
+    carry = rti._carry(torch.tensor(half), torch.zeros(1))
+    assert torch.isclose(2 * ab * carry * half**2 / (1 - ab), torch.tensor(1.6))
+
+
+def test_negative_hysteresis_is_refused():
+    with pytest.raises(ValueError, match="discrete_hysteresis must be >= 0 log-odds"):
+        RTISampler(DDPMSchedule(), discrete_dims=[0], discrete_hysteresis=-1.0)
 
 
 def test_rti_snaps_discrete_dimensions_to_the_normalisers_two_values_without_an_extra_evaluation():

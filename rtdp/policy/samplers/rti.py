@@ -28,10 +28,15 @@ def snap_discrete(x: Tensor, dims: Sequence[int], levels: tuple[Tensor, Tensor] 
     x = x.clone()
     if dims:
         idx = list(dims)
-        lo, hi = levels if levels is not None else (torch.full((len(idx),), -1.0), torch.ones(len(idx)))
-        lo, hi = lo.to(x.device, x.dtype), hi.to(x.device, x.dtype)
+        lo, hi = level_pair(levels, len(idx), x)
         x[..., idx] = torch.where(x[..., idx] >= (lo + hi) / 2, hi, lo)
     return x
+
+
+def level_pair(levels: tuple[Tensor, Tensor] | None, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(low, high) of `n` binary dimensions on `like`'s device and dtype; ±1 when `levels` is None."""
+    lo, hi = levels if levels is not None else (torch.full((n,), -1.0), torch.ones(n))
+    return lo.to(like.device, like.dtype), hi.to(like.device, like.dtype)
 
 
 def discrete_levels(normalizer: Any, dims: Sequence[int], key: str = "action") -> tuple[Tensor, Tensor] | None:
@@ -63,20 +68,18 @@ class RTISampler(DDIMSampler):
     """DDIM with a warm start: `warm_steps` of the `num_steps`-step DDIM grid, from τ = its level there.
 
     `warm_steps == num_steps` (or τ at the grid's top level) is the cold DDIM sampler exactly; `tau` selects the
-    grid levels ≤ τ instead of counting steps. The first call of an episode (no previous
-    chunk) is a cold start. Discrete dimensions (a gripper's open/close) resist the flip a warm start implies:
-    near the data a denoiser trusts its input, so the old sign survives re-noising to a small τ. Two remedies:
-    - `discrete_mode="reinit"`: one extra evaluation at the top level of the grid, from pure noise, reads their
-      sign off the observation alone; that sign replaces the guess before re-noising.
-    - scaling (RTI-DP's own): train with those dimensions at ±0.1 instead of ±1 after normalisation
-      (`task.action.discrete_scale=0.1`) and warm-start them like the rest (`discrete_mode="keep"`). At a small τ
-      the noise then swamps the carried-over sign, so the observation decides it; but every call is then a
-      fresh draw, and a 2 % chance of the wrong sign per call adds up over an episode.
-    - `discrete_mode="noiseless"` (with scaling): re-noise those dimensions without noise, x_τ = √ᾱ_τ·guess.
-      The carried-over sign is then fixed evidence (log-odds 2ᾱ_τs²/(1 − ᾱ_τ), 0.7 at s = 0.1, τ = 10), so the
-      sign flips only when the observation outweighs it: hysteresis instead of random flips.
-    Either way the outputs are snapped back to the two values of the data (`discrete_levels`, set from the
-    policy's normaliser; ±1 by default).
+    grid levels ≤ τ instead of counting steps. The first call of an episode (no previous chunk) is a cold start.
+
+    Discrete dimensions (a gripper's open/close) resist the flip a warm start implies: re-noised to a small τ, the
+    carried-over sign is evidence worth 2ᾱ_τs²/(1 − ᾱ_τ) log-odds for values ±s (~69 at s = 1, τ = 10), which no
+    observation overturns. `discrete_mode` says what the warm start does with them:
+    - `reinit`: one extra evaluation from pure noise at the grid's top level re-decides their sign first;
+    - `keep`: warm-start them like the rest (carried sign + fresh noise);
+    - `noiseless`: carried sign without noise, so it is fixed evidence rather than a fresh draw every call.
+    `discrete_hysteresis` (log-odds; None = the sign as carried) weighs the carried sign so that it counts that
+    much: the observation must be more than that sure to flip it. Training the dimensions at a smaller ±s
+    (RTI-DP's scaling, `task.action.discrete_scale`) keeps a weak carried sign inside the data the denoiser saw.
+    Outputs are snapped to the data's two values (`discrete_levels`, from the policy's normaliser; ±1 default).
     """
 
     name = "rti"
@@ -84,7 +87,7 @@ class RTISampler(DDIMSampler):
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, warm_steps: int = 2, eta: float = 0.0,
                  n_action_steps: int | None = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = "reinit",
-                 tau: float | None = None, noise_scale: float = 1.0):
+                 tau: float | None = None, discrete_hysteresis: float | None = None):
         super().__init__(schedule, num_steps, eta)
         if discrete_mode not in DISCRETE_MODES:
             raise ValueError(f"rti: discrete_mode must be one of {', '.join(DISCRETE_MODES)}, got {discrete_mode!r}")
@@ -95,6 +98,8 @@ class RTISampler(DDIMSampler):
             raise ValueError(f"rti: warm_steps must be in [1, num_steps={num_steps}], got {warm_steps}")
         if n_action_steps is not None and int(n_action_steps) < 1:
             raise ValueError(f"rti: n_action_steps must be >= 1 (or null for the policy's), got {n_action_steps}")
+        if discrete_hysteresis is not None and not float(discrete_hysteresis) >= 0:
+            raise ValueError(f"rti: discrete_hysteresis must be >= 0 log-odds (or null), got {discrete_hysteresis}")
         self.warm_steps = warm_steps
         self.warm_levels = grid[-(warm_steps + 1):]
         self.tau = self.warm_levels[0]
@@ -103,10 +108,8 @@ class RTISampler(DDIMSampler):
         self.default_shift = self.n_exec or 1
         self.discrete_dims = list(discrete_dims)
         self.discrete_mode = discrete_mode
+        self.discrete_hysteresis = None if discrete_hysteresis is None else float(discrete_hysteresis)
         self.discrete_levels: tuple[Tensor, Tensor] | None = None  # normalised (low, high) per discrete dim
-        if not noise_scale >= 0:
-            raise ValueError(f"rti: noise_scale must be >= 0, got {noise_scale}")
-        self.noise_scale = float(noise_scale)
         self.prev: Tensor | None = None
         self.last_warm = False
 
@@ -123,23 +126,37 @@ class RTISampler(DDIMSampler):
             x = super()._sample(denoise_fn, shape, generator, device, dtype, n_executed)
         else:
             guess = shift_and_pad(self.prev, self.default_shift if n_executed is None else n_executed)
-            if self.discrete_dims and self.discrete_mode == "reinit":
+            tau = batch_level(self.tau, shape[0], guess.device)
+            idx = self.discrete_dims
+            if idx and self.discrete_mode == "reinit":
                 top = batch_level(self.schedule.inference_levels(self.num_steps)[0], shape[0], guess.device)
                 prior = self.schedule.prior(shape, generator=generator, device=guess.device, dtype=guess.dtype)
                 decided, _ = self.predict(denoise_fn, prior, top)
-                guess[..., self.discrete_dims] = snap_discrete(decided, self.discrete_dims,
-                                                               self.discrete_levels)[..., self.discrete_dims]
-            noise = torch.randn(shape, generator=generator, device=guess.device, dtype=guess.dtype) * self.noise_scale
-            if self.discrete_dims and self.discrete_mode == "noiseless":
-                noise[..., self.discrete_dims] = 0.0
-            x_tau = self.schedule.add_noise(guess, noise, batch_level(self.tau, shape[0], guess.device))
-            x = self.denoise(denoise_fn, x_tau, self.warm_levels, generator)
+                guess[..., idx] = snap_discrete(decided, idx, self.discrete_levels)[..., idx]
+            if idx and self.discrete_hysteresis is not None:
+                lo, hi = level_pair(self.discrete_levels, len(idx), guess)
+                mid = (lo + hi) / 2
+                guess[..., idx] = mid + self._carry((hi - lo) / 2, guess) * (guess[..., idx] - mid)
+            noise = torch.randn(shape, generator=generator, device=guess.device, dtype=guess.dtype)
+            if idx and self.discrete_mode == "noiseless":
+                noise[..., idx] = 0.0
+            x = self.denoise(denoise_fn, self.schedule.add_noise(guess, noise, tau), self.warm_levels, generator)
         x = snap_discrete(x, self.discrete_dims, self.discrete_levels)
         self.last_warm = not cold
         self.prev = x.clone()
         return x
 
+    def _carry(self, half: Tensor, like: Tensor) -> Tensor:
+        """The factor on a carried-over value ±`half` about its midpoint that makes it worth `discrete_hysteresis`
+        log-odds at τ: with x_τ = a·x0 + b·ε and data at ±s, a carried c·s counts 2a²s²c/b², so c = h·b²/(2a²s²)."""
+        one = torch.ones(1, 1, 1, device=like.device, dtype=like.dtype)
+        tau = batch_level(self.tau, 1, like.device)
+        a = self.schedule.add_noise(one, torch.zeros_like(one), tau).reshape(())
+        b = self.schedule.add_noise(torch.zeros_like(one), one, tau).reshape(())
+        return self.discrete_hysteresis * b**2 / (2 * a**2 * half**2)
+
     def describe(self) -> dict:
         return {"name": self.name, "num_steps": self.num_steps, "warm_steps": self.warm_steps, "tau": self.tau,
                 "n_action_steps": self.n_exec,
-                "discrete_dims": self.discrete_dims, "discrete_mode": self.discrete_mode}
+                "discrete_dims": self.discrete_dims, "discrete_mode": self.discrete_mode,
+                "discrete_hysteresis": self.discrete_hysteresis}
