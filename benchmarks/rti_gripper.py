@@ -65,7 +65,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
     ax.set_ylabel(f"success ({rec['episodes']} seeds)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"{rec['label']}: RTI and a gripper trained at ±{rec['discrete_scale']:g}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     metrics.save_figure(fig, png, rec)
     plt.close(fig)

@@ -34,8 +34,8 @@ def _stats(dev: Tensor) -> dict[str, float]:
 
 
 def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str, Tensor], *, num_steps: int = 10,
-              n_exec: int = 2, discrete_dims: Sequence[int] = (), discrete_mode: str = "reinit",
-              discrete_hysteresis: float | None = None, generator: torch.Generator | None = None, batch_size: int = 128,
+              n_exec: int = 2, discrete_dims: Sequence[int] = (), discrete_mode: str = "noiseless",
+              discrete_hysteresis: float | None = 1.6, generator: torch.Generator | None = None, batch_size: int = 128,
               on_point: Callable[[], None] | None = None) -> dict[str, Any]:
     """The deviation-vs-τ curve of `policy` (a `DiffusionPolicy`) on normalised observation windows.
 
@@ -116,7 +116,7 @@ def flip_rate(schedule: Any, value: float, warm_steps: int, confidence: float = 
     high_fn = binary_denoiser(schedule, value, confidence)
     low_fn = binary_denoiser(schedule, value, 1.0 - confidence)
     rti = RTISampler(schedule, num_steps=num_steps, warm_steps=warm_steps, n_action_steps=1, discrete_dims=[0],
-                     discrete_mode="keep")
+                     discrete_mode="keep", discrete_hysteresis=None)
     rti.discrete_levels = (torch.tensor([-value]), torch.tensor([value]))
     g = torch.Generator().manual_seed(seed)
     shape, head = (n, horizon, 1), n_obs_steps - 1

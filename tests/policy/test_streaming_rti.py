@@ -178,7 +178,7 @@ def test_a_gripper_flip_is_followed_within_one_step_when_the_discrete_dimension_
     schedule, open_fn = _trusting_denoiser(+1.0)
     _, close_fn = _trusting_denoiser(-1.0)
     rti = RTISampler(schedule, num_steps=10, warm_steps=2, n_action_steps=1, discrete_dims=[0],
-                     discrete_mode=mode)
+                     discrete_mode=mode, discrete_hysteresis=None)  # the sign as carried
     g = torch.Generator().manual_seed(8)
     for _ in range(3):  # gripper open for a while
         out = rti.sample(open_fn, (64, T, 1), generator=g)
@@ -206,7 +206,8 @@ def test_noiseless_discrete_warm_start_never_flips_on_its_own_and_still_follows_
     between calls; re-noised without noise it holds the sign it has. Both follow a 98 %-sure "close"."""
     schedule = DDPMSchedule(clip_sample=False)
     unsure, close = binary_denoiser(schedule, 0.1, 0.8), binary_denoiser(schedule, 0.1, 0.02)
-    rti = RTISampler(schedule, num_steps=10, warm_steps=2, n_action_steps=1, discrete_dims=[0], discrete_mode=mode)
+    rti = RTISampler(schedule, num_steps=10, warm_steps=2, n_action_steps=1, discrete_dims=[0], discrete_mode=mode,
+                     discrete_hysteresis=None)
     rti.discrete_levels = (torch.tensor([-0.1]), torch.tensor([0.1]))
     g = torch.Generator().manual_seed(3)
     heads = [rti.sample(unsure, (512, T, 1), generator=g)[:, TO - 1, 0] for _ in range(6)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_task import compose, tiny_overrides
+from tiny_task import TINY_ARM, compose, tiny_overrides
 
 from rtdp.policy.samplers import DDPMSampler
 from rtdp.train import checkpoint as ckpt_mod
@@ -128,7 +128,7 @@ def test_an_existing_run_is_never_overwritten(trained):
 def test_resuming_with_another_policy_type_is_refused(trained, tiny_data):
     _, out = trained
     with pytest.raises(CheckpointError, match="holds a 'unet1d' policy, not 'transformer'"):
-        Trainer(compose(["policy=transformer", "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+        Trainer(compose(["policy=transformer", *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}",
                          "resume=true", "policy.denoiser.n_layers=1", "policy.denoiser.dim=16", "num_threads=1"]))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
-from tiny_task import TINY_POLICY
+from tiny_task import TINY_ARM, TINY_POLICY
 
 from rtdp.cli.main import main
 
@@ -16,7 +18,7 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_train_runs_and_writes_a_loadable_checkpoint(capsys, tiny_data, tmp_path):
     out = tmp_path / "run"
-    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+    code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}",
                        "training.num_steps=3", *TINY_POLICY)
     assert code == 0, err
     assert (out / "checkpoints" / "last" / "model.safetensors").is_file()
@@ -56,7 +58,7 @@ def test_dataset_keys_that_do_not_match_the_task_are_named(capsys, tiny_data, tm
 
 def test_resume_without_a_run_and_rerun_over_a_run_are_refused(capsys, tiny_data, tmp_path):
     out = tmp_path / "run"
-    base = ["task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}", "training.num_steps=2", *TINY_POLICY]
+    base = [*TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}", "training.num_steps=2", *TINY_POLICY]
     code, _, err = run(capsys, *base, "resume=true")
     assert code == 2 and "holds no checkpoint; drop resume=true" in err and not out.exists()
     assert run(capsys, *base)[0] == 0
@@ -64,14 +66,14 @@ def test_resume_without_a_run_and_rerun_over_a_run_are_refused(capsys, tiny_data
     code, _, err = run(capsys, *base)
     assert code == 2 and "already holds a training run" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
-    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}", "resume=true",
+    code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}", "resume=true",
                        "policy=transformer", "policy.denoiser.n_layers=1", "policy.denoiser.dim=16", "num_threads=1")
     assert code == 2 and "holds a 'unet1d' policy, not 'transformer'" in err
 
 
 def test_a_scaled_gripper_is_trained_at_its_factor_and_the_rti_sampler_snaps_to_it(capsys, tiny_data, tmp_path):
     out = tmp_path / "run"
-    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+    code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}",
                        "training.num_steps=2", "task.action.discrete_dims=[1]", "task.action.discrete_scale=0.1",
                        *TINY_POLICY)
     assert code == 0, err
@@ -84,18 +86,36 @@ def test_a_scaled_gripper_is_trained_at_its_factor_and_the_rti_sampler_snaps_to_
     assert torch.allclose(lo, torch.tensor([-0.1])) and torch.allclose(hi, torch.tensor([0.1]))
     hi_raw = torch.as_tensor(policy.normalizer.stats("action")["max"])
     assert torch.isclose(policy.normalizer.normalize("action", hi_raw)[1], torch.tensor(0.1))
-    assert load_policy(out, ["sampler=rti"]).sampler.discrete_levels is None  # nothing to snap
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scaled: no warning
+        assert load_policy(out, ["sampler=rti"]).sampler.discrete_dims == [1]  # the task's, by default
+    assert load_policy(out, ["sampler=rti", "sampler.discrete_dims=[]"]).sampler.discrete_levels is None
 
 
 @pytest.mark.parametrize("args, message", [
-    (["task.action.discrete_scale=0"], "the scale factor must be > 0"),
+    (["task.action.discrete_dims=[1]", "task.action.discrete_scale=0"], "the scale factor must be > 0"),
     (["task.action.discrete_scale=big"], "action.discrete_scale must be a number > 0"),
     (["task.action.discrete_dims=[7]", "task.action.discrete_scale=0.1"], "dimension(s) [7] out of range"),
     (["task.action.discrete_dims=[]", "task.action.discrete_scale=0.1"], "needs action.discrete_dims"),
 ])
 def test_bad_discrete_action_settings_are_one_line(capsys, tiny_data, tmp_path, args, message):
     out = tmp_path / "run"
-    code, _, err = run(capsys, "task=arm_lift", f"task.dataset.path={tiny_data}", f"out_dir={out}",
+    code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}",
                        "training.num_steps=1", *TINY_POLICY, *args)
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_rti_on_a_gripper_trained_at_plus_minus_one_warns_that_a_warm_start_cannot_flip_it(capsys, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}", "training.num_steps=1",
+                       "task.action.discrete_dims=[1]", *TINY_POLICY)
+    assert code == 0, err
+    from rtdp.train.checkpoint import load_policy
+
+    with pytest.warns(UserWarning, match=r"discrete_dims \[1\] span ±1 .* task.action.discrete_scale=0.5"):
+        load_policy(out, ["sampler=rti"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_policy(out, ["sampler=rti", "sampler.discrete_mode=reinit"])
+        load_policy(out, ["sampler=ddim"])

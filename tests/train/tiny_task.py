@@ -13,6 +13,10 @@ TINY_POLICY = ["policy.denoiser.down_dims=[16,32]", "policy.denoiser.level_embed
                "training.checkpoint_every=0", "training.val_batches=1", "training.val_ratio=0.25", "num_threads=1"]
 
 
+# arm_lift's observation spec on the tiny buffer, whose 2-d action has no gripper to declare or scale
+TINY_ARM = ["task=arm_lift", "task.action.discrete_dims=[]", "task.action.discrete_scale=1.0"]
+
+
 def make_tiny_buffer(path: Path, n_episodes: int = 4, length: int = 30) -> Path:
     """Episodes of a smooth 4-d state whose 2-d action is a deterministic function of it."""
     buf = ReplayBuffer.create(path)
@@ -26,7 +30,7 @@ def make_tiny_buffer(path: Path, n_episodes: int = 4, length: int = 30) -> Path:
 
 def tiny_overrides(data: Path, out_dir: Path, *extra: str) -> list[str]:
     """Overrides composing `train.yaml` into a seconds-long run on the tiny buffer (arm_lift's obs spec)."""
-    return ["task=arm_lift", f"task.dataset.path={data}", f"out_dir={out_dir}", *TINY_POLICY, *extra]
+    return [*TINY_ARM, f"task.dataset.path={data}", f"out_dir={out_dir}", *TINY_POLICY, *extra]
 
 
 def compose(overrides: list[str]):

@@ -77,8 +77,9 @@ class RTISampler(DDIMSampler):
     - `keep`: warm-start them like the rest (carried sign + fresh noise);
     - `noiseless`: carried sign without noise, so it is fixed evidence rather than a fresh draw every call.
     `discrete_hysteresis` (log-odds; None = the sign as carried) weighs the carried sign so that it counts that
-    much: the observation must be more than that sure to flip it. Training the dimensions at a smaller ±s
-    (RTI-DP's scaling, `task.action.discrete_scale`) keeps a weak carried sign inside the data the denoiser saw.
+    much: the observation must be more than that sure to flip it. It needs the dimensions trained at a smaller ±s
+    (RTI-DP's scaling, `task.action.discrete_scale`): at ±1 a weakly carried value lies outside the data the
+    denoiser saw. On the arm (gripper at ±0.5) `noiseless` with 1–2.5 log-odds matches DDIM-10 (docs/streaming.md).
     Outputs are snapped to the data's two values (`discrete_levels`, from the policy's normaliser; ±1 default).
     """
 
@@ -86,8 +87,8 @@ class RTISampler(DDIMSampler):
     stateful = True
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, warm_steps: int = 2, eta: float = 0.0,
-                 n_action_steps: int | None = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = "reinit",
-                 tau: float | None = None, discrete_hysteresis: float | None = None):
+                 n_action_steps: int | None = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = "noiseless",
+                 tau: float | None = None, discrete_hysteresis: float | None = 1.6):
         super().__init__(schedule, num_steps, eta)
         if discrete_mode not in DISCRETE_MODES:
             raise ValueError(f"rti: discrete_mode must be one of {', '.join(DISCRETE_MODES)}, got {discrete_mode!r}")
