@@ -249,7 +249,8 @@ def plot(rec: dict[str, Any], png: Path) -> None:
                  for n in names]
         row[0].bar(names, score, color="tab:blue")
         row[0].set_ylabel("mean max coverage" if task == "pusht" else "success rate")
-        row[0].set_title(f"{task}: task score ({', '.join(str(m[n]['episodes']) for n in names)} episodes)")
+        when = str(rec["tasks"][task].get("measured", ""))[:10]
+        row[0].set_title(f"{task} ({when}): task score ({', '.join(str(m[n]['episodes']) for n in names)} episodes)")
         row[1].bar(names, [m[n]["nfe_per_action_steady"] for n in names], color="tab:purple")
         row[1].set_yscale("log")
         row[1].set_ylabel("NFE per executed action")
@@ -259,7 +260,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
         x = np.arange(len(names))
         row[2].bar(x - 0.2, [m[n]["per_control_step"]["p50_ms"] for n in names], 0.4, label="p50 per step")
         row[2].bar(x + 0.2, [m[n]["per_control_step"]["p99_ms"] for n in names], 0.4, label="p99 per step")
-        lr = (rec.get("lerobot") or {}).get("ddim10")
+        lr = (rec["tasks"][task].get("lerobot") or {}).get("ddim10")
         if lr:
             row[2].axhline(lr["per_chunk"]["p50_ms"], color="k", ls=":", label="LeRobot DP DDIM-10 chunk")
         row[2].set_xticks(x, names)
@@ -308,11 +309,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         tasks[task] = {**run_task(task, ckpt, args), "loadavg_after": list(os.getloadavg()),
                        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    lerobot = rec.get("lerobot")
-    if args.lerobot_calls:
+    if args.lerobot_calls:  # timed in the same run as the tasks it is compared with (machine speed drifts)
         lerobot = lerobot_latency(obs_dim=18, state_dim=2, action_dim=2, n_calls=args.lerobot_calls)
         lerobot["note"] = "PushT keypoint sizes (state 2 + env state 18 -> action 2); untrained weights (latency only)"
-    new = metrics.record("streaming_benchmark", tasks=tasks, lerobot=lerobot,
+        for task in args.tasks:
+            tasks[task]["lerobot"] = lerobot
+    new = metrics.record("streaming_benchmark", tasks=tasks,
                          notes=["same trained weights for ddpm100, ddim10, sdp and rti (policy=sdp_unet)",
                                 "wall times measured on a shared 2-core CPU while other jobs ran: noisy",
                                 "per_control_step excludes each episode's start-up call (reported as startup_call)"])
