@@ -177,9 +177,10 @@ def test_calibrate_rti_cli_writes_the_curve_and_prints_the_override(tiny_run, ca
 
 def test_calibrate_rti_calibrates_the_gripper_variant_it_is_given_and_records_it(tiny_run, capsys):
     out = tiny_run / "calib_gripper"
-    assert rtdp_main(["calibrate-rti", f"checkpoint={tiny_run}", "windows=16", "tolerance=100x", f"out={out}",
-                      "progress=false", "sampler.discrete_dims=[1]", "sampler.discrete_mode=noiseless",
-                      "sampler.discrete_hysteresis=1.6"]) == 0
+    with pytest.warns(UserWarning, match="discrete_scale"):  # the tiny run's dim 1 was trained unscaled
+        assert rtdp_main(["calibrate-rti", f"checkpoint={tiny_run}", "windows=16", "tolerance=100x", f"out={out}",
+                          "progress=false", "sampler.discrete_dims=[1]", "sampler.discrete_mode=noiseless",
+                          "sampler.discrete_hysteresis=1.6"]) == 0
     rec = json.loads((out / "rti_calibration.json").read_text())
     assert rec["rti"]["discrete_dims"] == [1] and rec["rti"]["discrete_mode"] == "noiseless"
     assert rec["rti"]["discrete_hysteresis"] == 1.6 and len(rec["points"]) == 10
