@@ -18,7 +18,13 @@ import torch
 from torch import Tensor
 
 from rtdp.policy.samplers.diffusion import DDIMSampler
-from rtdp.policy.samplers.rti import RTISampler, discrete_levels, snap_discrete
+from rtdp.policy.samplers.rti import (
+    DEFAULT_DISCRETE_MODE,
+    DEFAULT_HYSTERESIS,
+    RTISampler,
+    discrete_levels,
+    snap_discrete,
+)
 
 
 def executed_deviation(a: Tensor, b: Tensor, start: int, n_exec: int) -> Tensor:
@@ -34,8 +40,8 @@ def _stats(dev: Tensor) -> dict[str, float]:
 
 
 def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str, Tensor], *, num_steps: int = 10,
-              n_exec: int = 2, discrete_dims: Sequence[int] = (), discrete_mode: str = "noiseless",
-              discrete_hysteresis: float | None = 1.6, generator: torch.Generator | None = None, batch_size: int = 128,
+              n_exec: int = 2, discrete_dims: Sequence[int] = (), discrete_mode: str = DEFAULT_DISCRETE_MODE,
+              discrete_hysteresis: float | None = DEFAULT_HYSTERESIS, generator: torch.Generator | None = None, batch_size: int = 128,
               on_point: Callable[[], None] | None = None) -> dict[str, Any]:
     """The deviation-vs-τ curve of `policy` (a `DiffusionPolicy`) on normalised observation windows.
 

@@ -56,13 +56,13 @@ def make_policy(policy_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any], o
     sampler = make_sampler(_plain(sampler_cfg), schedule, horizon=horizon, n_obs_steps=n_obs,
                            n_action_steps=int(pcfg["n_action_steps"]))
     if getattr(sampler, "discrete_dims", None):  # snap them to the data's two values (scaled or not)
-        from rtdp.policy.samplers.rti import discrete_levels
+        from rtdp.policy.samplers.rti import discrete_levels, warn_if_unscaled
 
         bad = [d for d in sampler.discrete_dims if not 0 <= int(d) < action_dim]
         if bad:
             raise ValueError(f"sampler.discrete_dims {bad} out of range for {action_dim} action dimensions")
         sampler.discrete_levels = discrete_levels(normalizer, sampler.discrete_dims)
-        _warn_if_unscaled(sampler)
+        warn_if_unscaled(sampler)
     policy = DiffusionPolicy(encoder, denoiser, schedule, sampler, normalizer, action_dim=action_dim, horizon=horizon,
                              n_obs_steps=n_obs, n_action_steps=int(pcfg["n_action_steps"]), fps=fps)
     if pcfg.get("levels"):  # per-position training levels (streaming diffusion); default: one level per sample
@@ -71,18 +71,3 @@ def make_policy(policy_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any], o
         policy.level_sampler = make_level_sampler(pcfg["levels"], schedule, horizon=horizon, n_obs_steps=n_obs,
                                                   n_action_steps=int(pcfg["n_action_steps"]))
     return policy
-
-
-def _warn_if_unscaled(sampler: Any) -> None:
-    """RTI warm-starting binary dimensions trained at about ±1: the carried sign then never flips, or, weighed down
-    by `discrete_hysteresis`, lies outside the data the denoiser saw. Every such setting failed on the arm."""
-    if sampler.discrete_levels is None or getattr(sampler, "discrete_mode", "reinit") == "reinit":
-        return
-    lo, hi = sampler.discrete_levels
-    half = ((hi - lo) / 2).tolist()
-    if max(half) > 0.75:
-        import warnings
-
-        warnings.warn(f"sampler=rti: discrete_dims {sampler.discrete_dims} span ±{max(half):.2g} after normalisation, "
-                      "so a warm start cannot flip them (docs/streaming.md); train with task.action.discrete_scale=0.5 "
-                      "or use sampler.discrete_mode=reinit", UserWarning, stacklevel=3)

@@ -17,7 +17,7 @@ from rtdp.policy.calibration import pick_tau, sweep_rti
 from rtdp.policy.factory import make_policy
 from rtdp.policy.levels import StreamingLevels
 from rtdp.policy.samplers import RTISampler, StreamingSampler
-from rtdp.policy.samplers.rti import warm_steps_for_tau
+from rtdp.policy.samplers.rti import DEFAULT_DISCRETE_MODE, DEFAULT_HYSTERESIS, warm_steps_for_tau
 from rtdp.policy.schedules import DDPMSchedule
 from rtdp.train.checkpoint import load_policy, save_checkpoint
 from rtdp.train.trainer import data_meta
@@ -261,3 +261,11 @@ def test_sdp_transformer_trains_on_per_position_levels_and_streams_at_one_evalua
     for _ in range(3):
         chunk = policy.act(obs_window())
         assert chunk.nfe == 1 and chunk.n_exec == 1 and chunk.actions.shape == (1, 10, 2)
+
+
+def test_sampler_rti_config_carries_the_samplers_own_discrete_defaults():
+    """`sampler=rti` (the YAML users read) and `RTISampler()` (benchmarks, calibration) must not drift apart."""
+    cfg = train_config("sampler=rti", "+task.action.discrete_dims=[1]")
+    assert cfg.sampler.discrete_mode == DEFAULT_DISCRETE_MODE
+    assert cfg.sampler.discrete_hysteresis == DEFAULT_HYSTERESIS
+    assert list(cfg.sampler.discrete_dims) == [1]  # the task's, by default

@@ -4,6 +4,7 @@ there with a few DDIM steps. Inference only: works with any DDPM/DDIM-trained po
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,23 @@ def warm_steps_for_tau(grid: Sequence[float], tau: float) -> int:
 
 
 DISCRETE_MODES = ("reinit", "keep", "noiseless")
+DEFAULT_DISCRETE_MODE = "noiseless"  # with DEFAULT_HYSTERESIS: best on the arm's ±0.5 gripper (docs/streaming.md)
+DEFAULT_HYSTERESIS = 1.6  # log-odds a carried-over discrete sign counts for
+UNSCALED_HALF_RANGE = 0.75  # discrete dims wider than ±this after normalisation cannot flip in a warm start
+
+
+def warn_if_unscaled(sampler: Any) -> None:
+    """Warn when an RTI sampler warm-starts binary dimensions trained at about ±1: the carried sign then never
+    flips, or, weighed down by `discrete_hysteresis`, lies outside the data the denoiser saw. Every such
+    setting failed on the arm."""
+    if sampler.discrete_levels is None or getattr(sampler, "discrete_mode", None) in (None, "reinit"):
+        return
+    lo, hi = sampler.discrete_levels
+    half = float(((hi - lo) / 2).max())
+    if half > UNSCALED_HALF_RANGE:
+        warnings.warn(f"sampler=rti: discrete_dims {sampler.discrete_dims} span ±{half:.2g} after normalisation, "
+                      "so a warm start cannot flip them (docs/streaming.md); train with task.action.discrete_scale=0.5 "
+                      "or use sampler.discrete_mode=reinit", UserWarning, stacklevel=3)
 
 
 class RTISampler(DDIMSampler):
@@ -87,8 +105,8 @@ class RTISampler(DDIMSampler):
     stateful = True
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, warm_steps: int = 2, eta: float = 0.0,
-                 n_action_steps: int | None = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = "noiseless",
-                 tau: float | None = None, discrete_hysteresis: float | None = 1.6):
+                 n_action_steps: int | None = 8, discrete_dims: Sequence[int] = (), discrete_mode: str = DEFAULT_DISCRETE_MODE,
+                 tau: float | None = None, discrete_hysteresis: float | None = DEFAULT_HYSTERESIS):
         super().__init__(schedule, num_steps, eta)
         if discrete_mode not in DISCRETE_MODES:
             raise ValueError(f"rti: discrete_mode must be one of {', '.join(DISCRETE_MODES)}, got {discrete_mode!r}")
