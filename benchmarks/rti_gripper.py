@@ -1,4 +1,5 @@
-"""RTI warm start and a gripper: success vs how the warm start carries the binary dimension, on one checkpoint.
+"""The re-noising RTI variant (`sampler=rti_renoise`) and a gripper: success vs how the warm start carries the
+binary dimension, on one checkpoint.
 
 Runs, on the same weights and seeds (n_envs 10): DDIM-10 with Ta=8 and SDP (the references), then RTI (τ=10,
 Ta=2: 2 evaluations per 2 actions) with the gripper re-decided from noise (`reinit`), warm-started with noise
@@ -28,13 +29,13 @@ sys.path.insert(0, str(REPO))
 
 from rtdp import metrics
 
-RTI = ["sampler=rti", "sampler.tau=10", "sampler.n_action_steps=2"]
+RTI = ["sampler=rti_renoise", "sampler.tau=10", "sampler.n_action_steps=2"]
 
 
 def variants(dims: list[int], hysteresis: list[float | None]) -> dict[str, list[str]]:
     """Method label -> checkpoint overrides."""
     gripper = [*RTI, f"sampler.discrete_dims={dims}"]
-    out = {"ddim10": ["sampler=ddim", "sampler.num_steps=10", "policy.n_action_steps=8"], "sdp": ["sampler=sdp"],
+    out = {"ddim10": ["sampler=ddim", "sampler.num_steps=10", "sampler.n_action_steps=8"], "sdp": ["sampler=sdp"],
            "rti reinit": [*gripper, "sampler.discrete_mode=reinit"],
            "rti keep": [*gripper, "sampler.discrete_mode=keep"]}
     for h in hysteresis:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[rti_gripper] --hysteresis takes numbers or 'none', got {args.hysteresis}", file=sys.stderr)
         return 2
     from rtdp.envs.evaluate import evaluate
-    from rtdp.train.checkpoint import load_policy
+    from rtdp.policy.loading import load_policy
 
     torch.set_num_threads(args.threads)
     label = args.label or ckpt.resolve().name

@@ -1,8 +1,9 @@
-"""Streaming inference benchmark: DDPM-100, DDIM-10 (Ta=8), SDP and RTI on the same trained weights, plus
-LeRobot's DiffusionPolicy latency at the same model size, on PushT (human data) and the rtdp arm task.
+"""Streaming inference benchmark: DDPM-100, DDIM-10 (Ta=8), SDP, the authors' RTI and rtdp's re-noising RTI
+variant on the same trained weights, plus LeRobot's DiffusionPolicy latency at the same model size, on PushT
+(human data) and the rtdp arm task.
 
-Per task and method: success / mean max-coverage over seeded episodes (`rtdp.envs.evaluate`, n_envs 10),
-NFE per executed action, inference wall time per call and per control step (single env, batch 1; p50/p99,
+Per task and method: success (Wilson 95% interval) / mean max-coverage (t interval) over seeded episodes
+(`rtdp.envs.evaluate`, n_envs 10), NFE per executed action, inference wall time per call and per control step (single env, batch 1; p50/p99,
 the episode's start-up call reported apart), and the replanning rate (control steps per replan). Then an
 asynchronous control-loop run of SDP at the task's own rate (PushT 10 Hz, arm 20 Hz; deadline misses).
 One run, one machine; each invocation updates only the tasks it ran in `benchmarks/results/streaming.json` (+ `.png`) and prints it.
@@ -10,10 +11,11 @@ One run, one machine; each invocation updates only the tasks it ran in `benchmar
     .venv/bin/python benchmarks/streaming.py                         # both tasks, default checkpoints
     .venv/bin/python benchmarks/streaming.py --tasks pusht --episodes 50 --ddpm-episodes 10
 
-Targets (issue 6, against DDIM-10 with Ta=8 on the same weights): SDP and RTI reach >= 95% of its success /
-coverage; their per-control-step inference p99 is <= 1/3 of its chunk latency; they spend <= its 1.25 NFE
-per executed action while replanning at least every 2 control steps; SDP replans every step at 10 Hz with no
-deadline misses. Wall times on this shared 2-core machine are noisy: the JSON records the load average.
+Targets, against DDIM-10 with Ta=8 on the same weights: SDP and the RTI variant reach >= 95% of its success /
+coverage with a per-control-step p99 <= 1/3 of its chunk and <= its 1.25 NFE per executed action, replanning
+at least every 2 steps; the authors' RTI reaches >= 95% at <= 3 NFE per step while replanning every step.
+Settings are tuned on other seeds (`--seed 300000 --out .../streaming_tuning.json`) than the report's
+(100000...). Wall times on this shared 2-core machine are noisy: the JSON records the load average.
 """
 
 from __future__ import annotations
@@ -33,27 +35,34 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rtdp import metrics
+from rtdp.metrics import score_summary
+from rtdp.obs_window import ObsWindow
+from rtdp.types import PlanContext
 
-TASKS = {  # benchmark task -> (env id, default checkpoint, max steps, RTI's handling of its discrete action dims)
+TASKS = {  # benchmark task -> (env id, default checkpoint, max steps, the variant's handling of discrete dims)
     "pusht": ("pusht", "runs/streaming/pusht_sdp_unet", 300, []),
-    # benchmarks/train_arm_lift.py; the gripper (dim 4) is carried as 1.6 log-odds (docs/streaming.md)
+    # benchmarks/train_arm_lift.py; the variant carries the gripper (dim 4) as 1.6 log-odds (docs/streaming.md)
     "arm": ("arm-lift", "runs/bench/train_arm_lift", 200,
             ["sampler.discrete_dims=[4]", "sampler.discrete_mode=noiseless", "sampler.discrete_hysteresis=1.6"]),
 }
-METHODS = ("ddpm100", "ddim10", "sdp", "rti")
+METHODS = ("ddpm100", "ddim10", "sdp", "rti", "rti_renoise")
+FAST = ("sdp", "rti", "rti_renoise")  # the methods held to the targets against DDIM-10
 
 
-def method_overrides(method: str, rti_discrete: list[str], rti_tau: float | None, rti_extra: list[str] = ()) -> list[str]:
+def method_overrides(method: str, rti_discrete: list[str], rti_tau: float | None, rti_extra: list[str] = (),
+                     authors_extra: list[str] = ()) -> list[str]:
     """Checkpoint overrides of one method (the weights are the same for all of them)."""
     if method == "ddpm100":
-        return ["sampler=ddpm", "sampler.num_steps=100", "policy.n_action_steps=8"]
+        return ["sampler=ddpm", "sampler.num_steps=100", "sampler.n_action_steps=8"]
     if method == "ddim10":
-        return ["sampler=ddim", "sampler.num_steps=10", "policy.n_action_steps=8"]
+        return ["sampler=ddim", "sampler.num_steps=10", "sampler.n_action_steps=8"]
     if method == "sdp":
         return ["sampler=sdp"]
-    if method == "rti":
+    if method == "rti":  # the authors' scheme, its defaults (steps [2, 1, 0], every step); the task's discrete dims
+        return ["sampler=rti", *authors_extra]
+    if method == "rti_renoise":
         tau = [f"sampler.tau={rti_tau:g}"] if rti_tau is not None else ["sampler.warm_steps=2"]
-        return ["sampler=rti", "sampler.n_action_steps=2", *rti_discrete, *tau, *rti_extra]
+        return ["sampler=rti_renoise", "sampler.n_action_steps=2", *rti_discrete, *tau, *rti_extra]
     raise ValueError(method)
 
 
@@ -71,11 +80,12 @@ def latency_rollout(policy: Any, env_id: str, obs_mode: str | None, n_steps: int
             obs, _ = env.reset(seed=ep_seed)
             ep_seed += 1
             policy.reset()
-            win = {k: np.repeat(np.asarray(v)[None, None], policy.n_obs_steps, axis=1) for k, v in obs.items()}
-            first, done = True, False
+            win = ObsWindow(policy.n_obs_steps, batched=False)
+            win.start(obs)
+            first, done, ctx = True, False, PlanContext()
             while not done and executed < n_steps:
                 t0 = time.perf_counter()
-                chunk = policy.act(win)
+                chunk = policy.act(win.window(), ctx)
                 dt = time.perf_counter() - t0
                 (startup if first else per_call).append(dt)
                 if not first:
@@ -83,12 +93,13 @@ def latency_rollout(policy: Any, env_id: str, obs_mode: str | None, n_steps: int
                     planned += chunk.n_exec
                     calls += 1
                 exe = chunk.executable[0]
+                ctx = PlanContext(n_executed=exe.shape[0])
                 for j in range(exe.shape[0]):
                     if not first:
                         per_step.append(dt if j == 0 else 0.0)
                         executed += 1
                     obs, _, term, trunc, _ = env.step(exe[j])
-                    win = {k: np.concatenate([win[k][:, 1:], np.asarray(obs[k])[None, None]], axis=1) for k in win}
+                    win.push(obs)
                     done = bool(term or trunc)
                     if done or executed >= n_steps:
                         break
@@ -163,7 +174,7 @@ def control_loop_run(policy: Any, env_id: str, hz: float, n_episodes: int, max_s
 
 def run_task(task: str, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
     from rtdp.envs.evaluate import evaluate
-    from rtdp.train.checkpoint import load_policy
+    from rtdp.policy.loading import load_policy
 
     env_id, _, max_steps, discrete = TASKS[task]
     torch.set_num_threads(args.threads)
@@ -175,22 +186,23 @@ def run_task(task: str, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
         res["rti_tau_from"] = str(calib)
     for method in args.methods:
         t0 = time.perf_counter()
-        overrides = method_overrides(method, discrete, tau, args.rti_set)
+        overrides = method_overrides(method, discrete, tau, args.rti_set, args.authors_set)
         policy = load_policy(ckpt, overrides)
         # the gripper's trained normalised value (RTI-DP's scaling when < 1; old checkpoints predate the key)
         res.setdefault("action_discrete_scale", float(policy.config.task.action.get("discrete_scale", 1.0)))
         episodes = args.ddpm_episodes if method == "ddpm100" else args.episodes
         print(f"[streaming] {task}/{method}: {episodes} episodes ...", file=sys.stderr, flush=True)
         obs_mode = policy.config.task.env.get("obs_mode")
-        ev = evaluate(policy, env_id, n_episodes=episodes, seed=args.seed, n_envs=args.n_envs, obs_mode=obs_mode,
-                      max_steps=max_steps, progress=False)["summary"]
+        rec = evaluate(policy, env_id, n_episodes=episodes, seed=args.seed, n_envs=args.n_envs, obs_mode=obs_mode,
+                       max_steps=max_steps, progress=False)
+        ev = rec["summary"]
         lat = latency_rollout(policy, env_id, obs_mode, args.latency_steps, args.seed)
         entry = {"overrides": overrides, "sampler": policy.sampler.describe(),
-                 "episodes": episodes, "success_rate": ev["success_rate"],
-                 "mean_max_coverage": ev.get("mean_max_coverage"), "nfe_per_action": ev["nfe_per_action"],
+                 "episodes": episodes, "seeds": [args.seed, args.seed + episodes - 1], **score_summary(rec["episodes"]),
+                 "nfe_per_action": ev["nfe_per_action"],
                  "eval_wall_s": ev["wall_s"], **lat, "wall_s": time.perf_counter() - t0}
         res["methods"][method] = entry
-        print(f"[streaming] {task}/{method}: " + json.dumps({k: entry[k] for k in
+        print(f"[streaming] {task}/{method}: " + json.dumps({k: entry.get(k) for k in
               ("success_rate", "mean_max_coverage", "nfe_per_action", "control_steps_per_replan")})
               + f" per-step p99 {entry['per_control_step']['p99_ms']:.1f} ms", file=sys.stderr, flush=True)
     if "sdp" in args.methods and args.loop_episodes:
@@ -214,19 +226,28 @@ def check_targets(res: dict[str, Any]) -> dict[str, Any]:
     base = m["ddim10"]
     score = "mean_max_coverage" if base.get("mean_max_coverage") is not None else "success_rate"
     out: dict[str, Any] = {"score": score, "baseline": "ddim10"}
-    for name in ("sdp", "rti"):
+    ci = "coverage_ci95" if score == "mean_max_coverage" else "success_ci95"
+    for name in FAST:
         if name not in m:
             continue
         e = m[name]
         ratio = e[score] / base[score] if base[score] > 0 else None
-        out[name] = {
+        entry = {
             "score_ratio": ratio, "score_ge_95pct": None if ratio is None else ratio >= 0.95,
+            # a margin inside the intervals is no pass: both 95% intervals, side by side
+            "score_ci95": e.get(ci), "ddim_score_ci95": base.get(ci),
             "p99_step_ms": e["per_control_step"]["p99_ms"], "ddim_chunk_ms": base["per_call"]["p50_ms"],
             "p99_le_third_of_chunk": e["per_control_step"]["p99_ms"] <= base["per_call"]["p50_ms"] / 3,
             "nfe_per_action": e["nfe_per_action_steady"],
-            "nfe_le_ddim": e["nfe_per_action_steady"] <= base["nfe_per_action_steady"] + 1e-9,
-            "replans_every_le_2": e["control_steps_per_replan"] <= 2 + 1e-9,
+            "replans_every": e["control_steps_per_replan"],
         }
+        if name == "rti":  # the authors' scheme: every step, at most 3 evaluations per step
+            entry["nfe_per_step_le_3"] = e["nfe_per_action_steady"] <= 3 + 1e-9
+            entry["replans_every_step"] = e["control_steps_per_replan"] <= 1 + 1e-9
+        else:
+            entry["nfe_le_ddim"] = e["nfe_per_action_steady"] <= base["nfe_per_action_steady"] + 1e-9
+            entry["replans_every_le_2"] = e["control_steps_per_replan"] <= 2 + 1e-9
+        out[name] = entry
     for rate, loop in res.get("control_loop_sdp", {}).items():
         out[f"sdp_{rate}_every_step"] = {"deadline_misses": loop["deadline_misses"],
                                          "control_steps_per_replan": loop["control_steps_per_replan"],
@@ -245,9 +266,11 @@ def plot(rec: dict[str, Any], png: Path) -> None:
     for row, task in zip(axes, tasks):
         m = rec["tasks"][task]["methods"]
         names = list(m)
-        score = [m[n]["mean_max_coverage"] if m[n].get("mean_max_coverage") is not None else m[n]["success_rate"]
-                 for n in names]
-        row[0].bar(names, score, color="tab:blue")
+        cov = all(m[n].get("mean_max_coverage") is not None for n in names)
+        score = [m[n]["mean_max_coverage"] if cov else m[n]["success_rate"] for n in names]
+        ci = [m[n].get("coverage_ci95" if cov else "success_ci95") or (s, s) for n, s in zip(names, score)]
+        err = np.abs(np.array(ci).T - np.array(score))
+        row[0].bar(names, score, yerr=err, capsize=4, color="tab:blue")
         row[0].set_ylabel("mean max coverage" if task == "pusht" else "success rate")
         when = str(rec["tasks"][task].get("measured", ""))[:10]
         row[0].set_title(f"{task} ({when}): task score ({', '.join(str(m[n]['episodes']) for n in names)} episodes)")
@@ -285,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=100000)
     ap.add_argument("--latency-steps", type=int, default=120, help="control steps timed per method (batch 1)")
     ap.add_argument("--rti-tau", type=float, default=None,
-                    help="RTI tau (default: the checkpoint's rti_calibration choice, else warm_steps=2)")
+                    help="rti_renoise tau (default: the checkpoint's rti_calibration choice, else warm_steps=2)")
     ap.add_argument("--rti-set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="RTI sampler overrides after the task's, e.g. sampler.discrete_mode=reinit")
+                    help="rti_renoise overrides after the task's, e.g. sampler.discrete_mode=reinit")
+    ap.add_argument("--authors-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="overrides of the authors' RTI, e.g. sampler.steps=[3,2,1,0] sampler.discrete=clip")
     ap.add_argument("--loop-hz", type=float, nargs="+", default=None,
                     help="control-loop rates for the async SDP run (default: each task's own rate)")
     ap.add_argument("--loop-episodes", type=int, default=3)
@@ -315,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         for task in args.tasks:
             tasks[task]["lerobot"] = lerobot
     new = metrics.record("streaming_benchmark", tasks=tasks,
-                         notes=["same trained weights for ddpm100, ddim10, sdp and rti (policy=sdp_unet)",
+                         notes=["same trained weights for every method (policy=sdp_unet)",
+                                "rti: the authors' scheme; rti_renoise: rtdp's re-noising variant",
                                 "wall times measured on a shared 2-core CPU while other jobs ran: noisy",
                                 "per_control_step excludes each episode's start-up call (reported as startup_call)"])
     metrics.write_json(out, new)  # first: a plotting error must not lose the measurements

@@ -49,7 +49,7 @@ def calibrate_steps_per_s(cfg, n: int = 12) -> float:
     for i in range(n + 3):
         if i == 3:
             t0 = time.perf_counter()
-        loss = policy.compute_loss(data.sample(int(cfg.training.batch_size), gen), generator=gen)
+        loss, _ = policy.compute_loss(data.sample(int(cfg.training.batch_size), gen), generator=gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -78,7 +78,7 @@ def train_phase(args, overrides: list[str]) -> Path:
 def eval_phase(args, out: Path) -> dict:
     from rtdp import metrics
     from rtdp.envs.evaluate import evaluate
-    from rtdp.train.checkpoint import load_policy
+    from rtdp.policy.loading import load_policy
 
     ckpts = sorted(p for p in (out / "checkpoints").glob("step_*") if p.is_dir())
     if not ckpts:

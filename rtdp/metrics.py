@@ -24,6 +24,41 @@ def summarize_latencies(samples_s: np.ndarray | list[float]) -> dict[str, float]
             "max_ms": float(x.max()), "mean_ms": float(x.mean())}
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (scipy's `binomtest`): honest at small n and near 0 or 1."""
+    from scipy.stats import binomtest
+
+    if n < 1:
+        return (0.0, 1.0)
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A Student-t interval of a mean (e.g. PushT's mean max-coverage over episodes)."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        m = float(x.mean()) if x.size else 0.0
+        return (m, m)
+    half = float(t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return (float(x.mean()) - half, float(x.mean()) + half)
+
+
+def score_summary(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success rate with its Wilson 95% interval (and mean max-coverage with a t interval where episodes carry
+    it), from per-episode records of `rtdp.envs.evaluate`."""
+    n = len(episodes)
+    k = sum(bool(e["success"]) for e in episodes)
+    out: dict[str, Any] = {"n": n, "success_rate": k / max(n, 1), "success_ci95": wilson_interval(k, n)}
+    if n and all("max_coverage" in e for e in episodes):
+        cov = [e["max_coverage"] for e in episodes]
+        out["mean_max_coverage"] = float(np.mean(cov))
+        out["coverage_ci95"] = mean_interval(cov)
+    return out
+
+
 def _default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()

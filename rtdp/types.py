@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -39,16 +39,32 @@ class ActionChunk:
         return self.nfe / max(self.n_exec, 1)
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What a caller tells an agent with each observation window, besides the observations.
+
+    `n_executed`: actions of the previous chunk executed since it was planned (None: as many as it said to
+    execute); a warm-starting sampler shifts its previous plan by this. `delay`: the expected inference delay in
+    control steps (the actions that will still run from the previous chunk while this one is computed).
+    `generator`: the torch.Generator the sampler draws its noise from (None: torch's global RNG).
+    """
+
+    n_executed: int | None = None
+    delay: int = 0
+    generator: Any = None
+
+
 @runtime_checkable
 class Agent(Protocol):
     """Anything that maps a window of observations to an action chunk: policies and scripted experts.
 
     `obs` holds, per key, an array `[B, n_obs_steps, ...]` (the oldest frame first; at the start of an
-    episode the first frame is repeated to fill the window).
+    episode the first frame is repeated to fill the window; `rtdp.obs_window.ObsWindow` builds it). `ctx` says
+    what happened since the previous call (None: the previous chunk ran as planned, no delay, global RNG).
     """
 
     n_obs_steps: int
 
     def reset(self) -> None: ...
 
-    def act(self, obs: dict[str, np.ndarray]) -> ActionChunk: ...
+    def act(self, obs: dict[str, np.ndarray], ctx: PlanContext | None = None) -> ActionChunk: ...

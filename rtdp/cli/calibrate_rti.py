@@ -1,13 +1,13 @@
 """`rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.1x] [seed=0] [out=DIR]
-[sampler.num_steps=10 sampler.n_action_steps=2 sampler.discrete_dims=[4] ...]`: sweep the RTI warm-start level τ
-on recorded observations of the checkpoint's task (its validation episodes) and pick the smallest τ whose
-executed actions stay within `tolerance` of the full sampler's.
+[sampler.num_steps=10 sampler.n_action_steps=2 sampler.discrete_dims=[4] ...]`: sweep the warm-start level τ of
+`sampler=rti_renoise` on recorded observations of the checkpoint's task (its validation episodes) and pick the
+smallest τ whose executed actions stay within `tolerance` of the full sampler's.
 
 `tolerance` is in normalised action units (`tolerance=0.05`) or relative to the noise floor, the deviation
 between two full samples (`tolerance=1.1x`, the default: on PushT 1.25x picked τ=0, which lost 30% of the
 coverage in closed loop, where 1.1x picks τ=10 at 98%). `threads=N` sets torch's intra-op threads. Writes
 `rti_calibration.json` + `.png` to `out`
-(default: `<run>/rti_calibration`) and prints the override to use (`sampler=rti sampler.tau=...`).
+(default: `<run>/rti_calibration`) and prints the override to use (`sampler=rti_renoise sampler.tau=...`).
 """
 
 from __future__ import annotations
@@ -135,14 +135,14 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(threads)
     from rtdp import metrics
     from rtdp.policy.calibration import pick_tau, plot_sweep, sweep_rti
-    from rtdp.train.checkpoint import load_policy
+    from rtdp.policy.loading import load_policy
 
-    try:  # the policy with sampler=rti, so the user's sampler.* overrides are checked by the sampler itself
-        policy = load_policy(ckpt_arg, ["sampler=rti", *overrides])
+    try:  # the policy with the variant, so the user's sampler.* overrides are checked by the sampler itself
+        policy = load_policy(ckpt_arg, ["sampler=rti_renoise", *overrides])
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise CLIError(f"cannot load {ckpt_arg}: {err}") from None
     rti = policy.sampler
-    n_exec = rti.n_exec or policy.n_action_steps
+    n_exec = rti.n_action_steps
     out = Path(str(opts["out"])) if "out" in opts else _default_out(policy.checkpoint_path)
     if out.exists() and not out.is_dir():
         raise CLIError(f"out={out} is a file; give a directory for rti_calibration.json and .png")
@@ -169,13 +169,13 @@ def main(argv: list[str]) -> int:
     variant = {k: v for k, v in rti.describe().items() if k.startswith("discrete") or k in ("num_steps", "n_action_steps")}
     rec = metrics.record("rti_calibration", checkpoint=str(policy.checkpoint_path), **source, rti=variant,
                          tolerance=tolerance, tolerance_arg=tolerance_arg,
-                         chosen={**chosen, "override": f"sampler=rti sampler.tau={chosen['tau']:g}"}, **result)
+                         chosen={**chosen, "override": f"sampler=rti_renoise sampler.tau={chosen['tau']:g}"}, **result)
     fig = plot_sweep(result, tolerance, chosen)
     png, js = metrics.save_figure(fig, out / "rti_calibration.png", rec)
     print(json.dumps({"chosen_tau": chosen["tau"], "warm_steps": chosen["warm_steps"],
                       "nfe_per_action": chosen["nfe_per_action"], "deviation_mean": chosen["deviation_mean"],
                       "noise_floor": floor, "tolerance": tolerance, "json": str(js), "plot": str(png)}))
-    print(f"use: sampler=rti sampler.tau={chosen['tau']:g}")
+    print(f"use: sampler=rti_renoise sampler.tau={chosen['tau']:g}")
     return 0
 
 

@@ -50,10 +50,7 @@ def main(argv: list[str]) -> int:
         path = Path(str(checkpoint))
         if not path.exists():
             raise CLIError(f"checkpoint={path} does not exist")
-        try:
-            from rtdp.train.checkpoint import load_policy
-        except ImportError as err:
-            raise CLIError(f"cannot load checkpoints: rtdp.train.checkpoint is unavailable ({err})") from None
+        from rtdp.policy.loading import load_policy
         overrides = [f"{k}={raw.get(k, v)}" for k, v in args.items()]
         if num_threads is not None:
             import torch

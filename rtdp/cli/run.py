@@ -93,7 +93,7 @@ def make_agent(opts: dict[str, str], overrides: list[str]):
     if ckpt:
         if not Path(ckpt).exists():
             raise CLIError(f"checkpoint {ckpt} does not exist: give a file or run directory from `rtdp train`")
-        from rtdp.train.checkpoint import load_policy  # torch is imported only on this path
+        from rtdp.policy.loading import load_policy  # torch is imported only on this path
 
         try:
             return load_policy(ckpt, overrides)

@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
 
         print(OmegaConf.to_yaml(cfg))
         return 0
-    from rtdp.train.checkpoint import CheckpointError
+    from rtdp.policy.loading import CheckpointError
     from rtdp.train.trainer import DataError, train
 
     try:

@@ -6,6 +6,7 @@ during its kernels, so the loop thread wakes on time while the worker infers.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rtdp.types import ActionChunk, Agent
+from rtdp.types import ActionChunk, Agent, PlanContext
 
 
 @dataclass
@@ -35,25 +36,36 @@ class InferenceResult:
 
 
 def infer(agent: Agent, window: dict[str, np.ndarray], obs_tick: int, obs_ns: int,
-          **act_kwargs: Any) -> InferenceResult:
+          ctx: PlanContext | None = None) -> InferenceResult:
     """One timed inference on the calling thread (synchronous mode)."""
     t0 = time.perf_counter_ns()
-    chunk = agent.act(window, **act_kwargs)
+    chunk = agent.act(window, ctx)
     return InferenceResult(chunk, obs_tick, obs_ns, t0, t0, time.perf_counter_ns())
 
 
 class LatencyEstimate:
-    """A running estimate of inference latency (the p90 of the last `n` inferences), fed to the scheduling."""
+    """A robust recent estimate of inference latency: the `q`-th percentile of the last `n` inferences (the
+    median until `min_samples` have been seen), never a running maximum, so one slow call (a start-up spike, a
+    page fault) does not inflate the delay for the whole episode. It sets when asynchronous inference starts
+    and the delay a plan is told to expect."""
 
-    def __init__(self, n: int = 20):
+    def __init__(self, n: int = 20, q: float = 95.0, min_samples: int = 5):
         self._samples: deque[float] = deque(maxlen=n)
+        self.q, self.min_samples = q, min_samples
 
     def add(self, seconds: float) -> None:
         self._samples.append(seconds)
 
     @property
     def seconds(self) -> float:
-        return float(np.percentile(self._samples, 90)) if self._samples else 0.0
+        if not self._samples:
+            return 0.0
+        q = self.q if len(self._samples) >= self.min_samples else 50.0
+        return float(np.percentile(self._samples, q, method="lower"))
+
+    def steps(self, period_ns: int) -> int:
+        """The estimate in control steps of `period_ns` (rounded up)."""
+        return math.ceil(self.seconds * 1e9 / period_ns - 1e-9)
 
 
 class InferenceWorker:
@@ -74,13 +86,14 @@ class InferenceWorker:
         """True while a request is queued or running, or its result has not been collected."""
         return self._busy
 
-    def submit(self, window: dict[str, np.ndarray], obs_tick: int, obs_ns: int, **act_kwargs: Any) -> bool:
+    def submit(self, window: dict[str, np.ndarray], obs_tick: int, obs_ns: int,
+               ctx: PlanContext | None = None) -> bool:
         """Start an inference unless one is in flight; returns whether it was started."""
         with self._cv:
             if self._busy or self._closed:
                 return False
             self._busy = True
-            self._request = (window, obs_tick, obs_ns, time.perf_counter_ns(), act_kwargs)
+            self._request = (window, obs_tick, obs_ns, time.perf_counter_ns(), ctx)
             self._cv.notify()
         return True
 
@@ -104,11 +117,11 @@ class InferenceWorker:
                 self._cv.wait_for(lambda: self._request is not None or self._closed)
                 if self._closed:
                     return
-                window, obs_tick, obs_ns, submit_ns, act_kwargs = self._request
+                window, obs_tick, obs_ns, submit_ns, ctx = self._request
                 self._request = None
             t0 = time.perf_counter_ns()
             try:
-                chunk, error = self.agent.act(window, **act_kwargs), None
+                chunk, error = self.agent.act(window, ctx), None
             except BaseException as err:  # noqa: BLE001 - handed to the loop, which re-raises it on its own thread
                 chunk, error = None, err
             result = InferenceResult(chunk, obs_tick, obs_ns, submit_ns, t0, time.perf_counter_ns(), error)

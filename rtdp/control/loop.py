@@ -13,7 +13,6 @@ state at tick k+1, so the chunk computed from it targets tick k+1 onward (`Actio
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import sys
@@ -25,10 +24,10 @@ import gymnasium as gym
 import numpy as np
 
 from rtdp.control.clock import RateClock
-from rtdp.control.history import ObsHistory
 from rtdp.control.inference import InferenceResult, InferenceWorker, LatencyEstimate, infer
 from rtdp.control.scheduler import ActionScheduler
-from rtdp.types import Agent
+from rtdp.obs_window import ObsWindow
+from rtdp.types import Agent, PlanContext
 
 MODES = ("sync", "async")
 
@@ -107,22 +106,20 @@ class ControlLoop:
         self.realtime_priority = int(realtime_priority)
         self._worker: InferenceWorker | None = None
         self._chunk_id = 0
-        try:
-            self._takes_n_executed = "n_executed" in inspect.signature(agent.act).parameters
-        except (TypeError, ValueError):
-            self._takes_n_executed = False
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _capture_ns(self) -> int:
         t = getattr(self.env.unwrapped, "last_capture_ns", None)  # RemoteEnv maps the server's capture time
         return int(t) if t is not None else time.perf_counter_ns()
 
-    def _merge(self, res: InferenceResult, ep: EpisodeResult, sched: ActionScheduler, now_tick: int) -> None:
+    def _merge(self, res: InferenceResult, ep: EpisodeResult, sched: ActionScheduler, now_tick: int,
+               warmup: bool = False) -> None:
         if res.error is not None:
             raise RuntimeError(f"the policy raised during inference: {res.error!r}") from res.error
         chunk = res.chunk
         self._chunk_id += 1
-        self.latency.add(res.latency_s)
+        if not warmup:  # the first chunk pays one-off costs: it must not inflate the delay estimate
+            self.latency.add(res.latency_s)
         n = sched.merge(chunk, res.obs_tick, now_tick, self._chunk_id, executable_only=self.mode == "sync")
         ep.chunks.append(ChunkRecord(self._chunk_id, res.obs_tick, res.obs_ns, res.submit_ns, res.start_ns,
                                      res.end_ns, int(chunk.nfe), int(chunk.n_exec), n))
@@ -131,17 +128,18 @@ class ControlLoop:
         self._exec_end_tick = res.obs_tick + exec_ticks
         self._last_chunk = (res.obs_tick, chunk.dt)
 
-    def _act_kwargs(self, obs_tick: int) -> dict[str, Any]:
-        """`n_executed` for policies that warm-start from their previous chunk (RTI, streaming): how many of
-        its actions lie between its observation and this one, i.e. how far to shift it."""
-        if not self._takes_n_executed:
-            return {}
+    def _context(self, obs_tick: int) -> PlanContext:
+        """The plan context of an inference from the observation of `obs_tick`: how many of the previous chunk's
+        actions lie between its observation and this one (how far a warm start shifts it), and, asynchronously,
+        how many control steps the inference is expected to take (a robust recent estimate)."""
         prev_tick, dt = self._last_chunk
-        return {"n_executed": max(round((obs_tick - prev_tick) * self.clock.period_ns / (dt * 1e9)), 0)}
+        n_executed = max(round((obs_tick - prev_tick) * self.clock.period_ns / (dt * 1e9)), 0)
+        delay = self.latency.steps(self.clock.period_ns) if self.mode == "async" else 0
+        return PlanContext(n_executed=n_executed, delay=delay)
 
     def _should_trigger(self, next_tick: int, sched: ActionScheduler) -> bool:
         """Start the next inference when the actions left to execute cover only its expected latency."""
-        lat_ticks = math.ceil(self.latency.seconds * 1e9 / self.clock.period_ns)
+        lat_ticks = self.latency.steps(self.clock.period_ns)
         return self._exec_end_tick - next_tick <= lat_ticks or sched.remaining(next_tick) <= lat_ticks
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -149,11 +147,11 @@ class ControlLoop:
         """Reset env and agent, run until termination, truncation or `max_steps` executed actions."""
         ep = EpisodeResult(hz=self.clock.hz, mode=self.mode)
         sched = ActionScheduler(self.clock.period_ns)
-        history = ObsHistory(getattr(self.agent, "n_obs_steps", 1))
+        history = ObsWindow(getattr(self.agent, "n_obs_steps", 1), batched=False)
         self.agent.reset()
         obs, _ = self.env.reset(seed=seed)
         obs_ns = self._capture_ns()
-        history.reset(obs)
+        history.start(obs)
         if self.record_data:
             ep.data = {k: [] for k in history.latest} | {"action": [], "timestamp": []}
         old_switch = sys.getswitchinterval()
@@ -165,10 +163,10 @@ class ControlLoop:
                 sys.setswitchinterval(min(old_switch, self.switch_interval_s))
         try:
             # Warm-up: the first chunk is computed before the clock starts (it also pays one-off costs).
-            res = infer(self.agent, history.window(), 0, obs_ns)
+            res = infer(self.agent, history.window(), 0, obs_ns, PlanContext())
             ep.warmup_s = res.latency_s
             self.clock.start()
-            self._merge(res, ep, sched, 0)
+            self._merge(res, ep, sched, 0, warmup=True)
             self._run(ep, sched, history, obs_ns)
         finally:
             sys.setswitchinterval(old_switch)
@@ -179,7 +177,7 @@ class ControlLoop:
         ep.scheduler_counts = dict(sched.counts)
         return ep
 
-    def _run(self, ep: EpisodeResult, sched: ActionScheduler, history: ObsHistory, obs_ns: int) -> None:
+    def _run(self, ep: EpisodeResult, sched: ActionScheduler, history: ObsWindow, obs_ns: int) -> None:
         clock, worker = self.clock, self._worker
         k, done = 0, False
         # Bounded in ticks too: a policy slower than its actions' slots executes nothing (every action is
@@ -196,7 +194,7 @@ class ControlLoop:
             if entry is None and self.mode == "sync":
                 # A gymnasium env only changes on step, so the latest observation still describes the
                 # state now: the chunk is anchored at the current tick.
-                res = infer(self.agent, history.window(), k, obs_ns, **self._act_kwargs(k))
+                res = infer(self.agent, history.window(), k, obs_ns, self._context(k))
                 self._merge(res, ep, sched, k)
                 rec.inferred_here = True
                 entry = sched.take(k, time.perf_counter_ns(), due)
@@ -223,7 +221,7 @@ class ControlLoop:
             if (self.mode == "async" and not done and not worker.busy
                     and self._should_trigger(k + 1, sched)):
                 # the obs describes the state at tick k+1
-                worker.submit(history.window(), k + 1, obs_ns, **self._act_kwargs(k + 1))
+                worker.submit(history.window(), k + 1, obs_ns, self._context(k + 1))
             rec.end_ns = time.perf_counter_ns()
             ep.steps.append(rec)
             nxt = clock.tick_at(rec.end_ns)  # the tick whose slot we are in now

@@ -20,7 +20,7 @@ import torch
 
 from rtdp.datasets.replay_buffer import ReplayBuffer, ReplayBufferError
 from rtdp.datasets.sampler import SequenceSampler, frame_indices, gather, get_val_mask
-from rtdp.policy.normalizer import Normalizer
+from rtdp.normalizer import Normalizer
 
 log = logging.getLogger(__name__)
 

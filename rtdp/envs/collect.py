@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from rtdp import metrics
+from rtdp.obs_window import ObsWindow
+from rtdp.types import PlanContext
 
 STATE_FILE = "collect.json"
 
@@ -36,12 +38,15 @@ def rollout(env, agent, seed: int, max_steps: int | None = None,
     agent.reset()
     frames: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions: list[np.ndarray] = []
-    window = {k: np.repeat(np.asarray(v)[None, None], agent.n_obs_steps, axis=1) for k, v in obs.items()}
+    window = ObsWindow(agent.n_obs_steps, batched=False)
+    window.start(obs)
     success, max_cov, steps = bool(info.get("success", False)), info.get("coverage"), 0
-    done = False
+    done, ctx = False, PlanContext()
     while not done:
-        chunk = agent.act(window)
-        for action in np.asarray(chunk.executable)[0]:
+        chunk = agent.act(window.window(), ctx)
+        executable = np.asarray(chunk.executable)[0]
+        ctx = PlanContext(n_executed=len(executable))
+        for action in executable:
             for k, v in obs.items():
                 frames[k].append(np.asarray(v))
             actions.append(np.asarray(action, dtype=np.float32))
@@ -50,8 +55,7 @@ def rollout(env, agent, seed: int, max_steps: int | None = None,
             success |= bool(info.get("success", False))
             if "coverage" in info:
                 max_cov = max(max_cov or 0.0, float(info["coverage"]))
-            for k, v in obs.items():
-                window[k] = np.concatenate([window[k][:, 1:], np.asarray(v)[None, None]], axis=1)
+            window.push(obs)
             done = terminated or truncated or (max_steps is not None and steps >= max_steps)
             if done:
                 break

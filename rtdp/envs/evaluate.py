@@ -18,7 +18,8 @@ import gymnasium as gym
 import numpy as np
 
 from rtdp import metrics
-from rtdp.types import Agent
+from rtdp.obs_window import ObsWindow
+from rtdp.types import Agent, PlanContext
 
 
 def _make_env(task_id: str, obs_mode: str | None, render_mode: str | None, max_steps: int | None,
@@ -49,23 +50,6 @@ def make_vector_env(task_id: str, n_envs: int = 2, obs_mode: str | None = None, 
     if n_envs == 1:
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     return gym.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=mode)
-
-
-class _Windows:
-    """Per-row observation windows of `n` frames, oldest first; a fresh row repeats its first frame."""
-
-    def __init__(self, n: int):
-        self.n, self.buf = n, None
-
-    def start(self, obs: dict[str, np.ndarray], rows: np.ndarray) -> None:
-        if self.buf is None:
-            self.buf = {k: np.repeat(v[:, None], self.n, axis=1) for k, v in obs.items()}
-        for k, v in obs.items():
-            self.buf[k][rows] = v[rows, None]
-
-    def push(self, obs: dict[str, np.ndarray], rows: np.ndarray) -> None:
-        for k, v in obs.items():
-            self.buf[k][rows] = np.concatenate([self.buf[k][rows, 1:], v[rows, None]], axis=1)
 
 
 def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_envs: int = 2,
@@ -137,8 +121,8 @@ def _run_wave(agent: Agent, envs: gym.vector.VectorEnv, ids: np.ndarray, seed: i
     seeds = [int(seed + i) for i in ids] + [int(seed + ids[-1])] * (n - len(ids))
     obs, info = envs.reset(seed=seeds)
     agent.reset()
-    win = _Windows(agent.n_obs_steps)
-    win.start(obs, np.arange(n))
+    win = ObsWindow(agent.n_obs_steps)
+    win.start(obs)
     active = np.zeros(n, dtype=bool)
     active[:len(ids)] = True
     success = np.zeros(n, dtype=bool)
@@ -155,11 +139,13 @@ def _run_wave(agent: Agent, envs: gym.vector.VectorEnv, ids: np.ndarray, seed: i
     if frames:
         _grab(envs, frames, ids, active, record)
     steps = nfe = acts = 0
+    ctx = PlanContext()
     while active.any():
-        chunk = agent.act(win.buf)
+        chunk = agent.act(win.window(), ctx)
         nfe += int(chunk.nfe)
         acts += int(chunk.n_exec)
         exe = np.asarray(chunk.executable)
+        ctx = PlanContext(n_executed=exe.shape[1])  # the whole executable part runs before the next plan
         for j in range(exe.shape[1]):
             obs, _, terminated, truncated, info = envs.step(exe[:, j])
             steps += int(active.sum())

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rtdp.types import ActionChunk
+from rtdp.types import ActionChunk, PlanContext
 
 ActionFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
@@ -26,7 +26,8 @@ class ScriptedExpert:
     def reset(self) -> None:
         """Stateless: nothing to forget between episodes."""
 
-    def act(self, obs: dict[str, np.ndarray]) -> ActionChunk:
+    def act(self, obs: dict[str, np.ndarray], ctx: PlanContext | None = None) -> ActionChunk:
+        """One action per row from the latest frame (a closed-loop expert needs nothing from `ctx`)."""
         batch = len(next(iter(obs.values())))
         actions = np.empty((batch, 1, self.action_dim), dtype=np.float32)
         for b in range(batch):

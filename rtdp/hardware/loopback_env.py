@@ -78,7 +78,8 @@ class LoopbackExpert:
     def reset(self) -> None:
         pass
 
-    def act(self, obs: dict[str, np.ndarray]):
+    def act(self, obs: dict[str, np.ndarray], ctx=None):
+        """A chunk towards the goal from the latest frame (`ctx`, a `PlanContext`, is not needed)."""
         from rtdp.types import ActionChunk  # numpy-only module
 
         state = obs["state"][:, -1]  # [B, D]: latest frame

@@ -1,6 +1,7 @@
 """RTI warm-start calibration: how far the warm start's executed actions land from the full sampler's, per τ.
 
-ALGORITHMS.md §2: choose τ as the smallest level whose actions stay within a tolerance of the full sampler's.
+RTI-DP (Duan, Yin, Kragic 2025) picks the warm start's cost from calibration data: here τ, the smallest level of
+`sampler=rti_renoise` whose actions stay within a tolerance of the full sampler's.
 On recorded observation pairs (the window at t and the window Ta steps later) the sweep emulates a rollout:
 a full DDIM chunk at t, then at t + Ta the full sampler's chunk against RTI's warm start from the t chunk
 (shifted by Ta), for every τ on the DDIM grid. The noise floor is two full samples at t + Ta with different
@@ -17,14 +18,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rtdp.policy.call import DenoiserCall
+from rtdp.policy.plan import Plan
 from rtdp.policy.samplers.diffusion import DDIMSampler
-from rtdp.policy.samplers.rti import (
-    DEFAULT_DISCRETE_MODE,
-    DEFAULT_HYSTERESIS,
-    RTISampler,
-    discrete_levels,
-    snap_discrete,
-)
+from rtdp.policy.samplers.discrete import discrete_levels, snap_discrete
+from rtdp.policy.samplers.rti_renoise import DEFAULT_DISCRETE_MODE, DEFAULT_HYSTERESIS, RTIRenoiseSampler
+from rtdp.types import PlanContext
+
+
+def sample_with(sampler: Any, call: DenoiserCall, shape: tuple[int, int, int], generator: torch.Generator | None,
+                previous: Plan | None = None, n_executed: int = 0) -> Plan:
+    """One plan of `sampler` through `call` (a fresh call object per plan)."""
+    return sampler.sample(call, shape, PlanContext(n_executed=n_executed, generator=generator), previous)
 
 
 def executed_deviation(a: Tensor, b: Tensor, start: int, n_exec: int) -> Tensor:
@@ -65,22 +70,22 @@ def sweep_rti(policy: Any, obs_now: Mapping[str, Tensor], obs_next: Mapping[str,
             sl = slice(lo, min(lo + batch_size, n))
             cond_now = policy.encoder({k: v[sl] for k, v in obs_now.items()})
             cond_next = policy.encoder({k: v[sl] for k, v in obs_next.items()})
-            fn_now = lambda x, k, c=cond_now: policy.denoiser(x, k, c)
-            fn_next = lambda x, k, c=cond_next: policy.denoiser(x, k, c)
+            now = lambda c=cond_now: policy.denoiser_call(c)
+            nxt = lambda c=cond_next: policy.denoiser_call(c)
             shape = shape_of(sl.stop - sl.start)
-            prev = snap_discrete(full.sample(fn_now, shape, generator=generator), discrete_dims, levels)
-            ref = snap_discrete(full.sample(fn_next, shape, generator=generator), discrete_dims, levels)
-            other = snap_discrete(full.sample(fn_next, shape, generator=generator), discrete_dims, levels)
+            snap = lambda plan: snap_discrete(plan.actions, discrete_dims, levels)
+            prev = snap(sample_with(full, now(), shape, generator))
+            ref = snap(sample_with(full, nxt(), shape, generator))
+            other = snap(sample_with(full, nxt(), shape, generator))
             floor.append(executed_deviation(other, ref, start, n_exec))
             for w, dev in devs.items():
-                rti = RTISampler(schedule, num_steps=num_steps, warm_steps=w, n_action_steps=n_exec,
-                                 discrete_dims=discrete_dims, discrete_mode=discrete_mode,
-                                 discrete_hysteresis=discrete_hysteresis)
+                rti = RTIRenoiseSampler(schedule, num_steps=num_steps, warm_steps=w, n_action_steps=n_exec,
+                                        n_obs_steps=policy.n_obs_steps, discrete_dims=discrete_dims,
+                                        discrete_mode=discrete_mode, discrete_hysteresis=discrete_hysteresis)
                 rti.discrete_levels = levels
-                rti.set_previous(prev)
-                out = rti.sample(fn_next, shape, generator=generator, n_executed=n_exec)
-                nfe[w] = rti.last_nfe
-                dev.append(executed_deviation(out, ref, start, n_exec))
+                out = sample_with(rti, nxt(), shape, generator, Plan(prev, start, n_exec, 0), n_exec)
+                nfe[w] = out.nfe
+                dev.append(executed_deviation(out.actions, ref, start, n_exec))
             if on_point is not None:
                 on_point()
     points = []
@@ -121,17 +126,19 @@ def flip_rate(schedule: Any, value: float, warm_steps: int, confidence: float = 
     `n` samples whose executed gripper is high before and low after that one call, and the τ used."""
     high_fn = binary_denoiser(schedule, value, confidence)
     low_fn = binary_denoiser(schedule, value, 1.0 - confidence)
-    rti = RTISampler(schedule, num_steps=num_steps, warm_steps=warm_steps, n_action_steps=1, discrete_dims=[0],
-                     discrete_mode="keep", discrete_hysteresis=None)
+    rti = RTIRenoiseSampler(schedule, num_steps=num_steps, warm_steps=warm_steps, n_action_steps=1,
+                            n_obs_steps=n_obs_steps, discrete_dims=[0], discrete_mode="keep", discrete_hysteresis=None)
     rti.discrete_levels = (torch.tensor([-value]), torch.tensor([value]))
     g = torch.Generator().manual_seed(seed)
     shape, head = (n, horizon, 1), n_obs_steps - 1
+    call = lambda fn: DenoiserCall(lambda x, k, _c: fn(x, k), schedule)
+    plan = None
     for _ in range(3):
-        out = rti.sample(high_fn, shape, generator=g)
-    before = (out[:, head, 0] > 0).double().mean().item()
-    out = rti.sample(low_fn, shape, generator=g)
+        plan = sample_with(rti, call(high_fn), shape, g, plan, 1 if plan else 0)
+    before = (plan.actions[:, head, 0] > 0).double().mean().item()
+    plan = sample_with(rti, call(low_fn), shape, g, plan, 1)
     return {"tau": rti.tau, "warm_steps": warm_steps, "held_before": before,
-            "followed": (out[:, head, 0] < 0).double().mean().item()}
+            "followed": (plan.actions[:, head, 0] < 0).double().mean().item()}
 
 
 def plot_sweep(result: Mapping[str, Any], tolerance: float | None = None, chosen: Mapping[str, Any] | None = None):

@@ -11,17 +11,43 @@ plain DDPM/DDIM policy (the baselines and RTI run on the very weights SDP runs o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
-from rtdp.policy.samplers.streaming import StreamingSampler, chunk_index, staircase
+from rtdp.policy.registry import Registry, register_subclass
+from rtdp.policy.samplers.streaming import chunk_index, level_table, staircase
 from rtdp.policy.schedules import NoiseSchedule
+from rtdp.policy.spec import PolicySpec
 
 REGIMES = ("constant", "linear", "independent", "chunkwise")
+LEVEL_SAMPLERS: Registry[LevelSampler] = Registry("training level sampler")
 
 
-class UniformLevels:
+class LevelSampler:
+    """Draws the training noise levels of a batch: `(batch, horizon, device, generator) -> [B] or [B, T]`. A
+    subclass sets `name` to register itself (`policy.levels.name`)."""
+
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_subclass(LEVEL_SAMPLERS, cls)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], spec: PolicySpec) -> LevelSampler:
+        return cls(spec.schedule, **cfg)
+
+    def __call__(self, batch: int, horizon: int, device=None, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class UniformLevels(LevelSampler):
     """One training level per sample, `[B]` (the denoiser broadcasts it over positions)."""
+
+    name = "uniform"
 
     def __init__(self, schedule: NoiseSchedule):
         self.schedule = schedule
@@ -30,8 +56,10 @@ class UniformLevels:
         return self.schedule.sample_training_levels((batch,), generator=generator, device=device)
 
 
-class StreamingLevels:
+class StreamingLevels(LevelSampler):
     """Per-position levels `[B, T]` from SDP's regime mixture; `last_regimes` records each sample's regime."""
+
+    name = "streaming"
 
     def __init__(self, schedule: NoiseSchedule, horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 1,
                  num_levels: int | None = None, weights: dict[str, float] | None = None,
@@ -57,7 +85,7 @@ class StreamingLevels:
         self.schedule = schedule
         self.horizon, self.n_chunks = horizon, h
         self.staircase = staircase(horizon, n_obs_steps, n_action_steps, self.num_levels)
-        self.table = StreamingSampler._level_table(schedule, self.num_levels)
+        self.table = level_table(schedule, self.num_levels)
         self.last_regimes: Tensor | None = None
         self.last_index: Tensor | None = None
 
@@ -80,16 +108,17 @@ class StreamingLevels:
         return levels.to(device)
 
 
-def make_level_sampler(cfg: dict | None, schedule: NoiseSchedule, *, horizon: int = 16, n_obs_steps: int = 2,
-                       n_action_steps: int = 8):
-    """`{name: uniform}` (default) or `{name: streaming, n_action_steps, num_levels, weights}`."""
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], spec: PolicySpec) -> StreamingLevels:
+        return cls(spec.schedule, horizon=spec.horizon, n_obs_steps=spec.n_obs_steps, **cfg)
+
+
+def make_level_sampler(cfg: Mapping[str, Any] | None, spec: PolicySpec) -> LevelSampler:
+    """`{name: uniform}` (default: one level per sample) or `{name: streaming, n_action_steps, steps_per_call,
+    weights}`, or any other registered training-level sampler."""
     cfg = dict(cfg or {})
-    name = cfg.pop("name", "uniform")
-    if name == "uniform":
-        return UniformLevels(schedule)
-    if name == "streaming":
-        cfg.setdefault("horizon", horizon)
-        cfg.setdefault("n_obs_steps", n_obs_steps)
-        cfg.setdefault("n_action_steps", 1)
-        return StreamingLevels(schedule, **cfg)
-    raise ValueError(f"unknown training level sampler {name!r}: use 'uniform' or 'streaming'")
+    cls = LEVEL_SAMPLERS.get(cfg.pop("name", "uniform"))
+    try:
+        return cls.from_config(cfg, spec)
+    except TypeError as err:
+        raise ValueError(f"training levels {cls.name!r}: {err}") from None

@@ -1,14 +1,16 @@
 """The diffusion policy: normaliser + observation encoder + denoiser + noise schedule + sampler.
 
-`DiffusionPolicy` is an `rtdp.types.Agent`: `act(obs)` takes raw observation windows `[B, To, ...]`, returns
-unnormalised actions `[B, T, Da]` in an `ActionChunk` whose executable part starts at `To - 1` (the action for
-the step of the latest observation) and spans `Ta` actions. The sampler is told how many actions of the
-previous chunk were executed since its last call (`n_executed`), so stateful samplers (streaming, warm
-start) can shift their buffers; a sampler may also choose which part of its chunk to execute.
+`DiffusionPolicy` is an `rtdp.types.Agent`: `act(obs, ctx)` takes raw observation windows `[B, To, ...]` and a
+`PlanContext`, and returns unnormalised actions `[B, T, Da]` in an `ActionChunk` whose executable part is what
+the sampler's plan says (from To - 1, `n_action_steps` long for DDPM/DDIM). The policy keeps the previous plan
+(normalised) and hands it to the sampler with the number of its actions executed since, so warm-starting and
+streaming samplers continue from it; one `DenoiserCall` per plan carries the encoded observation to the
+denoiser, with the hooks attached to the policy (block or expert caching, counting).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,29 +19,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtdp.types import ActionChunk
+from rtdp.policy.call import CallHook, DenoiserCall
+from rtdp.policy.plan import Plan
+from rtdp.types import ActionChunk, PlanContext
 
 
 class DiffusionPolicy(nn.Module):
     """An Agent producing action chunks by iterative denoising conditioned on an observation window."""
 
     def __init__(self, encoder: nn.Module, denoiser: nn.Module, schedule: Any, sampler: Any, normalizer: Any,
-                 action_dim: int, horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8,
-                 fps: float = 10.0, action_key: str = "action"):
+                 action_dim: int, horizon: int = 16, n_obs_steps: int = 2, fps: float = 10.0,
+                 action_key: str = "action", level_sampler: Any = None):
         super().__init__()
-        if n_obs_steps - 1 + n_action_steps > horizon:
-            raise ValueError(f"n_obs_steps - 1 + n_action_steps = {n_obs_steps - 1 + n_action_steps} exceeds "
-                             f"horizon {horizon}: the executed actions must lie inside the predicted chunk")
         self.encoder = encoder
         self.denoiser = denoiser
         self.schedule = schedule
-        self.sampler = sampler
         self.normalizer = normalizer
-        self.action_dim, self.horizon = action_dim, horizon
-        self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
+        self.action_dim, self.horizon, self.n_obs_steps = action_dim, horizon, n_obs_steps
         self.fps, self.action_key = fps, action_key
-        self.level_sampler = None  # optional callable(batch, horizon, device, generator) -> levels [B] or [B, T]
-        self._executed_since_last: int = 0
+        self.level_sampler = level_sampler  # callable(batch, horizon, device, generator) -> levels [B] or [B, T]
+        self.call_hooks: list[CallHook] = []  # attached to every plan's DenoiserCall
+        self.sampler = sampler
+        self.plan: Plan | None = None  # the previous plan (normalised), for warm starts
+
+    @property
+    def sampler(self) -> Any:
+        return self._sampler
+
+    @sampler.setter
+    def sampler(self, sampler: Any) -> None:
+        """Swap the sampler (e.g. to compare samplers on the same weights); its executed actions must fit T."""
+        end = sampler.start + sampler.n_action_steps
+        if end > self.horizon:
+            raise ValueError(f"sampler {sampler.label!r} executes actions {sampler.start}..{end - 1} "
+                             f"(n_obs_steps - 1 + n_action_steps = {end}), beyond the horizon {self.horizon}; "
+                             "lower sampler.n_action_steps")
+        self._sampler = sampler
+        self.plan = None
 
     # ----------------------------------------------------------------------------------------- inference
     @property
@@ -50,10 +66,15 @@ class DiffusionPolicy(nn.Module):
     def obs_keys(self) -> list[str]:
         return list(self.encoder.obs_shapes)
 
+    @property
+    def n_action_steps(self) -> int:
+        """Actions executed per plan (the sampler's)."""
+        return self.sampler.n_action_steps
+
     def reset(self) -> None:
-        """Forget the episode: stateful samplers drop their buffers."""
+        """Forget the episode: the previous plan and the sampler's buffers."""
         self.sampler.reset()
-        self._executed_since_last = 0
+        self.plan = None
 
     def prepare_obs(self, obs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw observation windows -> normalised float tensors on the policy's device (images CHW in [0, 1])."""
@@ -75,39 +96,34 @@ class DiffusionPolicy(nn.Module):
             out = {k: self.normalizer.normalize(k, v) if k in self.normalizer else v for k, v in out.items()}
         return out
 
+    def denoiser_call(self, cond: torch.Tensor) -> DenoiserCall:
+        """The call object of one plan conditioned on encoded observations `cond`."""
+        return DenoiserCall(self.denoiser, self.schedule, cond, hooks=self.call_hooks, grad=self.sampler.needs_grad)
+
     @torch.no_grad()
-    def predict(self, nobs: Mapping[str, torch.Tensor], generator: torch.Generator | None = None,
-                n_executed: int = 0) -> torch.Tensor:
-        """Normalised observations -> normalised action chunk `[B, T, Da]`."""
+    def plan_chunk(self, nobs: Mapping[str, torch.Tensor], ctx: PlanContext | None = None) -> Plan:
+        """Normalised observations -> the next plan (normalised); it becomes the policy's previous plan."""
+        ctx = ctx or PlanContext()
+        previous = self.plan
+        n_executed = ctx.n_executed if ctx.n_executed is not None else (previous.n_exec if previous else 0)
+        ctx = dataclasses.replace(ctx, n_executed=int(n_executed))
         cond = self.encoder(nobs)
-        batch = cond.shape[0]
+        call = self.denoiser_call(cond)
+        plan = self.sampler.sample(call, (cond.shape[0], self.horizon, self.action_dim), ctx, previous)
+        self.plan = plan
+        return plan
 
-        def denoise_fn(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-            return self.denoiser(x, level, cond)
-
-        return self.sampler.sample(denoise_fn, (batch, self.horizon, self.action_dim), generator=generator,
-                                   device=cond.device, n_executed=n_executed)
-
-    @torch.no_grad()
-    def act(self, obs: Mapping[str, np.ndarray], generator: torch.Generator | None = None,
-            n_executed: int | None = None) -> ActionChunk:
-        """Observation windows `[B, To, ...]` -> unnormalised action chunk; assumes the previous chunk's
-        `n_exec` actions were executed unless `n_executed` says otherwise."""
+    def act(self, obs: Mapping[str, np.ndarray], ctx: PlanContext | None = None) -> ActionChunk:
+        """Observation windows `[B, To, ...]` -> unnormalised action chunk (see the module docstring)."""
         was_training = self.training
         self.eval()
         try:
-            n_exec_before = self._executed_since_last if n_executed is None else int(n_executed)
-            naction = self.predict(self.prepare_obs(obs), generator=generator, n_executed=n_exec_before)
-            actions = self.unnormalize_action(naction)
+            plan = self.plan_chunk(self.prepare_obs(obs), ctx)
+            actions = self.unnormalize_action(plan.actions)
         finally:
             self.train(was_training)
-        # A stateful sampler may execute another part of its chunk (streaming diffusion: Ta = 1..2).
-        start = getattr(self.sampler, "start", None)
-        start = self.n_obs_steps - 1 if start is None else start
-        n_exec = getattr(self.sampler, "n_exec", None) or self.n_action_steps
-        self._executed_since_last = n_exec
-        return ActionChunk(actions=actions.cpu().numpy(), start=int(start), n_exec=int(n_exec), dt=1.0 / self.fps,
-                           nfe=int(getattr(self.sampler, "last_nfe", 0)))
+        return ActionChunk(actions=actions.cpu().numpy(), start=int(plan.start), n_exec=int(plan.n_exec),
+                           dt=1.0 / self.fps, nfe=int(plan.nfe), info=dict(plan.info))
 
     def unnormalize_action(self, naction: torch.Tensor) -> torch.Tensor:
         if self.normalizer is None:
@@ -115,8 +131,10 @@ class DiffusionPolicy(nn.Module):
         return self.normalizer.unnormalize(self.action_key, naction)
 
     # ------------------------------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoising loss on a normalised batch `{"obs": {key: [B, To, ...]}, "action": [B, T, Da]}`."""
+    def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Denoising loss (plus the denoiser's auxiliary losses) on a normalised batch
+        `{"obs": {key: [B, To, ...]}, "action": [B, T, Da]}`; returns `(loss, logs)`, every log a scalar tensor."""
         action = batch["action"]
         bsz, horizon = action.shape[:2]
         cond = self.encoder(batch["obs"])
@@ -126,10 +144,14 @@ class DiffusionPolicy(nn.Module):
             levels = self.schedule.sample_training_levels((bsz,), generator=generator, device=action.device)
         noise = torch.randn(action.shape, generator=generator, device=action.device, dtype=action.dtype)
         noisy = self.schedule.add_noise(action, noise, levels)
-        pred = self.denoiser(*self.schedule.model_input(noisy, levels), cond)
+        out = self.denoiser.denoise(*self.schedule.model_input(noisy, levels), cond)
         target = self.schedule.training_target(action, noise, levels)
-        return F.mse_loss(pred, target)
+        denoise_loss = F.mse_loss(out.prediction, target)
+        loss = denoise_loss + sum(out.aux_losses.values()) if out.aux_losses else denoise_loss
+        logs = {"denoise_loss": denoise_loss.detach(), **{k: v.detach() for k, v in out.aux_losses.items()}}
+        return loss, logs
 
-    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training loss (so DistributedDataParallel, which wraps `forward`, sees the whole step)."""
+    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss and its logs (so DistributedDataParallel, which wraps `forward`, sees the whole step)."""
         return self.compute_loss(batch, generator=generator)

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from rtdp.policy.registry import Registry, register_subclass
+
 ModelFn = Callable[[Tensor, Tensor], Tensor]  # (model input [B,T,Da], model level [B] or [B,T]) -> output
+SCHEDULES: Registry[NoiseSchedule] = Registry("noise schedule")
 
 
 def per_position(level: Tensor | float, x: Tensor) -> Tensor:
@@ -39,10 +43,16 @@ def per_position(level: Tensor | float, x: Tensor) -> Tensor:
 
 
 class NoiseSchedule(ABC):
-    """Forward noising, the training target, and reading a denoiser's output as (x̂0, ε̂)."""
+    """Forward noising, the training target, and reading a denoiser's output as (x̂0, ε̂). A subclass sets `name`
+    to register itself (`schedule.name` in a policy config)."""
 
+    name: ClassVar[str]
     clean_level: float
     prediction_type: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_subclass(SCHEDULES, cls)
 
     @abstractmethod
     def add_noise(self, x0: Tensor, noise: Tensor, level: Tensor) -> Tensor:
@@ -104,6 +114,7 @@ def _betas_squaredcos_cap_v2(num_steps: int) -> Tensor:
 class DDPMSchedule(NoiseSchedule):
     """Discrete-time DDPM with K training levels; level -1 is clean."""
 
+    name = "ddpm"
     clean_level = -1
 
     def __init__(self, num_train_steps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
@@ -172,11 +183,6 @@ class DDPMSchedule(NoiseSchedule):
             levels = torch.round(torch.arange(K, 0, -K / num_steps)).long() - 1
         return torch.cat([levels, torch.tensor([-1])]).to(device)
 
-    def map_levels(self, index: Tensor, num_steps: int) -> Tensor:
-        """Training levels of inference indices `index ∈ {-1, …, num_steps-1}` (-1 stays clean)."""
-        table = self.inference_levels(num_steps, device=index.device).flip(0)  # [-1, lowest, …, highest]
-        return table[index.long() + 1]
-
     def prior(self, shape, generator=None, device=None, dtype=torch.float32) -> Tensor:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
@@ -208,6 +214,7 @@ class EDMSchedule(NoiseSchedule):
     `D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise)`; the network F is trained on the target that makes the
     EDM loss weight λ(σ)·c_out² equal to one."""
 
+    name = "edm"
     clean_level = 0.0
     prediction_type = "edm"
 
@@ -261,15 +268,14 @@ class EDMSchedule(NoiseSchedule):
         return self.sigma_max * torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
-def make_schedule(cfg: dict | None = None) -> NoiseSchedule:
-    """A schedule from a config node `{name: ddpm|edm, ...kwargs}` (default: Diffusion Policy's DDPM-100)."""
+def make_schedule(cfg: Mapping[str, Any] | None = None) -> NoiseSchedule:
+    """A schedule from a config node `{name: ddpm|edm|..., ...kwargs}` (default: Diffusion Policy's DDPM-100)."""
     cfg = dict(cfg or {})
-    name = cfg.pop("name", "ddpm")
-    if name == "ddpm":
-        return DDPMSchedule(**cfg)
-    if name == "edm":
-        return EDMSchedule(**cfg)
-    raise ValueError(f"unknown noise schedule {name!r}: use 'ddpm' or 'edm'")
+    cls = SCHEDULES.get(cfg.pop("name", "ddpm"))
+    try:
+        return cls(**cfg)
+    except TypeError as err:  # an unknown option: say which schedule and what it was
+        raise ValueError(f"schedule {cls.name!r}: {err}") from None
 
 
 def raise_level(schedule: NoiseSchedule, x: Tensor, level: Tensor, level_up: Tensor, noise: Tensor) -> Tensor:

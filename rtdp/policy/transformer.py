@@ -9,11 +9,14 @@ with `h + cached` instead of calling the block.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from rtdp.policy.denoiser import Denoiser, DenoiserSpec
 from rtdp.policy.embeddings import SinusoidalLevelEmbedding, per_position_levels
 
 
@@ -69,12 +72,14 @@ class FeedForwardBlock(nn.Module):
         return h + self.residual(h, ctx)
 
 
-class TransformerDenoiser(nn.Module):
+class TransformerDenoiser(Denoiser):
     """Denoiser `(x[B,T,Da], level[B] or [B,T], cond[B,To,Dc]) -> [B,T,Da]`.
 
     `blocks` is the flat list self-attention, cross-attention, feed-forward, ... (`n_layers` of each);
     `forward` is `head(run(blocks, embed(...)))`, and the three steps are public for block caching.
     """
+
+    name = "transformer"
 
     def __init__(self, action_dim: int, cond_dim: int, n_obs_steps: int, horizon: int, n_layers: int = 8,
                  n_heads: int = 4, dim: int = 256, attn_dropout: float = 0.3, emb_dropout: float = 0.0,
@@ -98,6 +103,10 @@ class TransformerDenoiser(nn.Module):
         self.head = nn.Linear(dim, action_dim)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.cond_pos_emb, std=0.02)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], spec: DenoiserSpec) -> TransformerDenoiser:
+        return cls(spec.action_dim, spec.cond_dim, spec.n_obs_steps, spec.horizon, **cfg)
 
     def block_names(self) -> list[str]:
         """`layer{i}.{self_attn|cross_attn|ffn}` for every block, in execution order."""

@@ -9,11 +9,14 @@ chunk whose noise rises along the horizon (streaming diffusion) is a first-class
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtdp.policy.denoiser import Denoiser, DenoiserSpec
 from rtdp.policy.embeddings import SinusoidalLevelEmbedding, per_position_levels
 
 
@@ -60,8 +63,10 @@ class ConditionalResidualBlock1D(nn.Module):
         return out + self.residual_conv(x)
 
 
-class ConditionalUnet1D(nn.Module):
+class ConditionalUnet1D(Denoiser):
     """Denoiser `(x[B,T,Da], level[B] or [B,T], cond[B,To,Dc]) -> [B,T,Da]` (epsilon or x0 prediction)."""
+
+    name = "unet1d"
 
     def __init__(self, action_dim: int, cond_dim: int, n_obs_steps: int,
                  down_dims: tuple[int, ...] = (256, 512, 1024), level_embed_dim: int = 256,
@@ -102,6 +107,12 @@ class ConditionalUnet1D(nn.Module):
             Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
             nn.Conv1d(down_dims[0], action_dim, 1),
         )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], spec: DenoiserSpec) -> ConditionalUnet1D:
+        cfg = dict(cfg)
+        cfg["down_dims"] = tuple(cfg.get("down_dims", (256, 512, 1024)))
+        return cls(spec.action_dim, spec.cond_dim, spec.n_obs_steps, **cfg)
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         batch, horizon, _ = x.shape

@@ -17,21 +17,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from rtdp.policy.normalizer import Normalizer
-
-LAST = "last"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked (missing, from another policy type, bad override)."""
+from rtdp.normalizer import Normalizer
+from rtdp.policy.loading import LAST
 
 
 def _fsync_dir(path: Path) -> None:
@@ -119,99 +114,3 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: torch.nn.Module, e
     for old in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-# ------------------------------------------------------------------------------------------------ load
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from itself, a run directory (its `checkpoints/last`) or `checkpoints/`."""
-    path = Path(path)
-    for candidate in (path, path / LAST, path / "checkpoints" / LAST):
-        if (candidate / "model.safetensors").is_file() and (candidate / "config.yaml").is_file():
-            return candidate.resolve()
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a run directory or a "
-                              "checkpoints/step_* directory written by `rtdp train`")
-    raise CheckpointError(f"{str(path)!r} holds no checkpoint (no model.safetensors + config.yaml in it, its "
-                          "'last' or 'checkpoints/last'); pass a directory written by `rtdp train`")
-
-
-def load_config(ckpt: str | Path) -> DictConfig:
-    return OmegaConf.load(Path(ckpt) / "config.yaml")
-
-
-def _split_weights(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
-def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str, policy_name: str) -> None:
-    """Load a state dict, turning a shape or key mismatch into one clear message."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    wrong = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
-                  f" (e.g. {(missing or unexpected or wrong)[0]!r})")
-        raise CheckpointError(f"the checkpoint's {what} weights do not fit a {policy_name!r} policy ({detail}): "
-                              "it was trained with another policy type or size; use the policy it was trained with")
-    module.load_state_dict(weights)
-
-
-def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
-    """Hydra-style overrides on a saved config: `sampler=ddim` loads a config group, `a.b=v` sets a value.
-
-    The policy group cannot change (the weights belong to one architecture); `task=` may, to evaluate on
-    another task with the same observations.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except Exception as err:  # hydra's parser error names the bad token
-        raise CheckpointError(f"bad override: {err}") from err
-    group_dir = Path(__file__).resolve().parents[1] / "configs"
-    for ov in parsed:
-        key, value = ov.key_or_group, ov.value()
-        if (group_dir / key).is_dir():
-            if key == "policy" and value != cfg.policy.get("name"):
-                raise CheckpointError(f"this checkpoint holds a {cfg.policy.get('name')!r} policy; it cannot be "
-                                      f"loaded as policy={value}")
-            src = group_dir / key / f"{value}.yaml"
-            if not src.is_file():
-                options = sorted(p.stem for p in (group_dir / key).glob("*.yaml"))
-                raise CheckpointError(f"no {key} config {value!r}; choose one of {', '.join(options)}")
-            if key != "policy":
-                cfg[key] = OmegaConf.load(src)
-            continue
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not ov.is_add():
-            raise CheckpointError(f"config key {key!r} does not exist in this checkpoint's config; "
-                                  f"prefix it with '+' to add it")
-        OmegaConf.update(cfg, key, value, force_add=True)
-    return cfg
-
-
-def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | torch.device | None = None,
-                ema: bool = True):
-    """The (EMA) policy saved at `path` (checkpoint or run directory), ready for `act`, with overrides applied
-    (`sampler=ddim`, `sampler.num_steps=10`, ...)."""
-    from rtdp.policy.factory import make_policy
-
-    ckpt = resolve_checkpoint(path)
-    cfg = apply_overrides(load_config(ckpt), overrides)
-    meta = cfg.get("checkpoint")
-    if meta is None:
-        raise CheckpointError(f"{ckpt}/config.yaml has no 'checkpoint' section: not written by `rtdp train`")
-    normalizer = Normalizer.from_state_dict(load_file(str(ckpt / "normalizer.safetensors")))
-    policy = make_policy(cfg.policy, cfg.sampler, {k: tuple(v) for k, v in meta.obs_shapes.items()},
-                         int(meta.action_dim), normalizer, fps=float(cfg.task.get("fps", 10)),
-                         crop_shape=cfg.task.get("crop_shape"))
-    weights = load_file(str(ckpt / "model.safetensors"))
-    prefix = "ema" if ema and any(k.startswith("ema.") for k in weights) else "model"
-    load_weights(policy, _split_weights(weights, prefix), prefix, str(cfg.policy.get("name")))
-    policy.config = cfg
-    policy.checkpoint_path = ckpt
-    device = device or cfg.get("device", "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        device = "cpu"
-    return policy.to(device).eval()

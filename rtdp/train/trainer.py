@@ -30,16 +30,10 @@ from rich.progress import (
 from safetensors.torch import load_file
 
 from rtdp import metrics
+from rtdp.normalizer import Normalizer
 from rtdp.policy.factory import make_policy
-from rtdp.policy.normalizer import Normalizer
-from rtdp.train.checkpoint import (
-    CheckpointError,
-    load_config,
-    load_weights,
-    optimizer_from_tensors,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from rtdp.policy.loading import CheckpointError, load_config, load_weights, resolve_checkpoint
+from rtdp.train.checkpoint import optimizer_from_tensors, save_checkpoint
 from rtdp.train.distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
 from rtdp.train.ema import EMAModel
 
@@ -130,7 +124,7 @@ def build_datasets(cfg: DictConfig, copy_to_memory: bool = True) -> tuple[Any, A
         if copy_to_memory:
             buffer = ReplayBuffer.copy_to_memory(buffer, keys)
         ds = SequenceDataset(buffer, obs, action, horizon=int(cfg.policy.horizon),
-                             n_obs_steps=int(cfg.policy.n_obs_steps), n_action_steps=int(cfg.policy.n_action_steps),
+                             n_obs_steps=int(cfg.policy.n_obs_steps), n_action_steps=executed_per_plan(cfg),
                              val_ratio=float(cfg.training.val_ratio), seed=int(cfg.seed))
     except (ReplayBufferError, KeyError) as err:
         raise DataError(f"dataset {str(path)!r} does not fit task {cfg.task.name!r}: {err}") from err
@@ -139,6 +133,13 @@ def build_datasets(cfg: DictConfig, copy_to_memory: bool = True) -> tuple[Any, A
     ds.normalizer = normalizer
     val = ds.get_validation_dataset() if ds.val_mask.any() else None
     return ds, val, normalizer
+
+
+def executed_per_plan(cfg: DictConfig) -> int:
+    """Actions the configured sampler executes per plan (its own setting, else the streaming layout the policy
+    trains, else 1): training windows reach that many - 1 steps past an episode's end, as Diffusion Policy's do."""
+    n = OmegaConf.select(cfg, "sampler.n_action_steps") or OmegaConf.select(cfg, "policy.levels.n_action_steps")
+    return int(n or 1)
 
 
 def _scale_discrete_actions(normalizer: Normalizer, action: dict, task: str) -> None:
@@ -246,6 +247,7 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(cfg.seed) * 1000 + self.dist.rank)
         self.step = 0
+        self.last_logs: dict[str, float] = {}
         self.elapsed_s = 0.0  # training wall time, accumulated over resumes
         self.history: list[dict[str, Any]] = []
         if cfg.resume:
@@ -302,10 +304,10 @@ class Trainer:
             self.console.print(f"[train] {msg}")
 
     def train_step(self) -> float:
-        """One optimiser step on one batch; returns the batch loss."""
+        """One optimiser step on one batch; returns the batch loss (its parts are in `last_logs`)."""
         self.model.train()
         batch = self.data.sample(int(self.cfg.training.batch_size), self.generator)
-        loss = self.model(batch, generator=self.generator)
+        loss, logs = self.model(batch, generator=self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.training.grad_clip:
@@ -314,6 +316,7 @@ class Trainer:
         self.lr_scheduler.step()
         self.ema.step(self.policy)
         self.step += 1
+        self.last_logs = {k: float(v) for k, v in logs.items()}
         return float(loss.detach())
 
     @torch.no_grad()
@@ -323,7 +326,7 @@ class Trainer:
             return None
         gen = torch.Generator(device=self.device)
         gen.manual_seed(12345)
-        losses = [float(self.ema.averaged.compute_loss(b, generator=gen)) for b in
+        losses = [float(self.ema.averaged.compute_loss(b, generator=gen)[0]) for b in
                   self.val_data.batches(int(self.cfg.training.batch_size), int(self.cfg.training.val_batches))]
         return float(np.mean(losses)) if losses else None
 
@@ -395,6 +398,8 @@ class Trainer:
                 record: dict[str, Any] = {}
                 if writer is not None and self.step % int(tr.log_every) == 0:
                     writer.add_scalar("train/loss", last_loss, self.step)
+                    for name, value in self.last_logs.items():  # the loss's parts (denoising, auxiliary losses)
+                        writer.add_scalar(f"train/{name}", value, self.step)
                     writer.add_scalar("train/lr", self.lr_scheduler.get_last_lr()[0], self.step)
                     writer.add_scalar("train/ema_decay", self.ema.decay, self.step)
                     if plain_log and self.step % (10 * int(tr.log_every)) == 0:

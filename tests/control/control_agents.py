@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from rtdp.types import ActionChunk
+from rtdp.types import ActionChunk, PlanContext
 
 
 class TimedAgent:
@@ -17,14 +17,17 @@ class TimedAgent:
         self.latency_s, self.n_exec, self.horizon, self.dt = latency_s, n_exec, horizon, dt
         self.n_obs_steps, self.nfe, self.fail_on_call, self.on_call = n_obs_steps, nfe, fail_on_call, on_call
         self.calls = 0
-        self.n_executed: list[int] = []
+        self.n_executed: list[int | None] = []
+        self.delays: list[int] = []
 
     def reset(self) -> None:
         pass
 
-    def act(self, obs: dict[str, np.ndarray], n_executed: int | None = None) -> ActionChunk:
+    def act(self, obs: dict[str, np.ndarray], ctx: PlanContext | None = None) -> ActionChunk:
+        ctx = ctx or PlanContext()
         self.calls += 1
-        self.n_executed.append(n_executed)
+        self.n_executed.append(ctx.n_executed)
+        self.delays.append(ctx.delay)
         if self.on_call is not None:
             self.on_call(self.calls)
         if self.fail_on_call == self.calls:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rtdp.policy.normalizer import Normalizer
+from rtdp.normalizer import Normalizer
 
 
 def _data(seed=0):

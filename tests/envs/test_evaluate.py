@@ -43,7 +43,7 @@ class _WindowProbe:
     def reset(self):
         self.resets += 1
 
-    def act(self, obs):
+    def act(self, obs, ctx=None):
         self.windows.append({k: v.copy() for k, v in obs.items()})
         batch = obs["agent_pos"].shape[0]
         actions = np.tile(np.array([256.0, 256.0], np.float32), (batch, 5, 1))
@@ -79,7 +79,7 @@ class _RowEcho:
     def reset(self):
         self.first = None
 
-    def act(self, obs):
+    def act(self, obs, ctx=None):
         state = obs["state"][:, -1]
         if self.first is None:
             self.first = state.copy()

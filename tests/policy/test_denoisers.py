@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rtdp.policy.factory import make_denoiser
+from rtdp.policy.denoiser import Denoiser, DenoiserSpec, make_denoiser
 from rtdp.policy.transformer import (
     CrossAttentionBlock,
     FeedForwardBlock,
@@ -21,7 +21,7 @@ def small(kind: str) -> torch.nn.Module:
     cfg = ({"type": "unet1d", "down_dims": [16, 32, 64], "level_embed_dim": 16, "n_groups": 4} if kind == "unet1d"
            else {"type": "transformer", "n_layers": 2, "n_heads": 2, "dim": 32, "attn_dropout": 0.0})
     torch.manual_seed(0)
-    return make_denoiser(cfg, DA, DC, TO, T).eval()
+    return make_denoiser(cfg, DenoiserSpec(DA, DC, TO, T)).eval()
 
 
 @pytest.fixture(params=["unet1d", "transformer"])
@@ -113,5 +113,13 @@ def test_transformer_action_tokens_attend_causally():
 
 
 def test_unknown_denoiser_type_is_named():
-    with pytest.raises(ValueError, match="unknown denoiser type 'mlp'"):
-        make_denoiser({"type": "mlp"}, DA, DC, TO, T)
+    with pytest.raises(ValueError, match="unknown denoiser 'mlp'; known: transformer, unet1d"):
+        make_denoiser({"type": "mlp"}, DenoiserSpec(DA, DC, TO, T))
+
+
+def test_a_denoiser_name_clash_is_refused_when_defined_and_a_missing_forward_when_built():
+    with pytest.raises(TypeError, match="abstract"):
+        type("NoForward", (Denoiser,), {})()
+    with pytest.raises(ValueError, match="'unet1d' is taken"):
+        type("Clash", (Denoiser,), {"name": "unet1d", "forward": lambda self, x, k, c: x,
+                                    "from_config": classmethod(lambda cls, cfg, spec: cls())})

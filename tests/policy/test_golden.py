@@ -16,18 +16,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rtdp.normalizer import Normalizer
 from rtdp.policy.factory import make_policy
-from rtdp.policy.normalizer import Normalizer
+from rtdp.types import PlanContext
 
 GOLDEN = Path(__file__).parent / "golden"
-PCFG = {"name": "g", "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
+PCFG = {"name": "g", "horizon": 16, "n_obs_steps": 2,
         "denoiser": {"type": "unet1d", "down_dims": [16, 32], "level_embed_dim": 16, "n_groups": 4},
         "schedule": {"name": "ddpm", "num_train_steps": 100}}
+# SDP needs weights trained on streaming levels; the golden weights are the same for every case (the level
+# sampler only shapes training), so its case declares the layout they stand for.
+STREAMING = {"levels": {"name": "streaming", "n_action_steps": 1, "steps_per_call": 1}}
 SAMPLERS = {
     "ddpm": {"name": "ddpm", "num_steps": 100},
     "ddim": {"name": "ddim", "num_steps": 10},
     "sdp": {"name": "sdp", "n_action_steps": 1, "steps_per_call": 1},
-    "rti_renoise": {"name": "rti", "num_steps": 10, "tau": 10, "n_action_steps": 2, "discrete_dims": [2],
+    "rti_renoise": {"name": "rti_renoise", "num_steps": 10, "tau": 10, "n_action_steps": 2, "discrete_dims": [2],
                     "discrete_mode": "noiseless", "discrete_hysteresis": 1.6},
 }
 
@@ -39,7 +43,7 @@ def golden():
 
 def _policy(name: str, weights: str, normalizer: str, obs_shapes: dict, action_dim: int):
     norm = Normalizer.from_state_dict(load_file(str(GOLDEN / normalizer)))
-    policy = make_policy(PCFG, SAMPLERS[name], obs_shapes, action_dim, norm)
+    policy = make_policy({**PCFG, **(STREAMING if name == "sdp" else {})}, SAMPLERS[name], obs_shapes, action_dim, norm)
     policy.load_state_dict(load_file(str(GOLDEN / weights)))
     return policy.eval()
 
@@ -51,7 +55,7 @@ def test_every_sampler_plans_exactly_as_before_the_refactor(golden, name):
     g = torch.Generator().manual_seed(1)
     for i, expected in enumerate(meta[name]):
         n_exec = 3 if (name == "sdp" and i == 4) else None
-        chunk = policy.act({"state": arrays["obs"][i]}, generator=g, n_executed=n_exec)
+        chunk = policy.act({"state": arrays["obs"][i]}, PlanContext(n_executed=n_exec, generator=g))
         assert (chunk.start, chunk.n_exec, chunk.nfe) == (expected["start"], expected["n_exec"], expected["nfe"])
         np.testing.assert_array_equal(chunk.actions, arrays[f"{name}.{i}"])
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from rtdp.normalizer import Normalizer
+from rtdp.policy.call import CallHook
 from rtdp.policy.encoders import ObservationEncoder
-from rtdp.policy.normalizer import Normalizer
 from rtdp.policy.policy import DiffusionPolicy
 from rtdp.policy.samplers import DDIMSampler, Sampler
 from rtdp.policy.schedules import DDPMSchedule
 from rtdp.policy.unet1d import ConditionalUnet1D
-from rtdp.types import ActionChunk, Agent
+from rtdp.types import ActionChunk, Agent, PlanContext
 
 T, TO, TA, DA = 16, 2, 8, 2
 
@@ -24,29 +25,45 @@ def make_policy(prediction_type: str = "epsilon", sampler=None, down_dims=(32, 6
     enc = ObservationEncoder({"state": (3,)})
     den = ConditionalUnet1D(DA, enc.out_dim, TO, down_dims=down_dims, level_embed_dim=32, n_groups=8)
     schedule = DDPMSchedule(prediction_type=prediction_type)
-    return DiffusionPolicy(enc, den, schedule, sampler or DDIMSampler(schedule, 4), norm, action_dim=DA, horizon=T,
-                           n_obs_steps=TO, n_action_steps=TA, fps=10.0)
+    return DiffusionPolicy(enc, den, schedule, sampler or DDIMSampler(schedule, 4, n_action_steps=TA), norm,
+                           action_dim=DA, horizon=T, n_obs_steps=TO, fps=10.0)
 
 
 class RecordingSampler(Sampler):
-    """A sampler that records what the policy tells it and executes 2 actions from index 3."""
-
-    name = "recording"
+    """A test-only sampler that records what the policy tells it and executes 2 actions from index 3."""
 
     def __init__(self, schedule):
-        super().__init__(schedule)
-        self.calls: list[int | None] = []
+        super().__init__(schedule, n_action_steps=2, n_obs_steps=4)
+        self.calls: list[tuple[int, bool, int]] = []
         self.resets = 0
-        self.n_exec = 2
-        self.start = 3
 
     def reset(self) -> None:
         self.resets += 1
 
-    def _sample(self, denoise_fn, shape, generator, device, dtype, n_executed):
-        self.calls.append(n_executed)
-        self.predict(denoise_fn, torch.zeros(shape), torch.zeros(shape[0]))
-        return torch.zeros(shape)
+    def sample(self, call, shape, ctx, previous):
+        self.calls.append((ctx.n_executed, previous is not None, ctx.delay))
+        call.begin([0])
+        call.predict(torch.zeros(shape), torch.zeros(shape[0]))
+        call.end()
+        return self.plan(torch.zeros(shape), call)
+
+
+class StepCounter(CallHook):
+    """A test-only hook: counts the evaluations at each step index and records the grids it was told."""
+
+    def __init__(self):
+        self.per_step: dict[int, int] = {}
+        self.grids: list[int] = []
+        self.ended = 0
+
+    def begin(self, call) -> None:
+        self.grids.append(len(call.grid))
+
+    def before_step(self, call, x, level) -> None:
+        self.per_step[call.step] = self.per_step.get(call.step, 0) + 1
+
+    def end(self, call) -> None:
+        self.ended += 1
 
 
 def test_act_returns_an_unnormalised_chunk_with_its_timing():
@@ -67,13 +84,13 @@ def test_act_is_reproducible_with_a_generator_and_leaves_training_mode_alone():
     policy = make_policy()
     policy.train()
     obs = {"state": np.zeros((2, TO, 3), np.float32)}
-    a = policy.act(obs, generator=torch.Generator().manual_seed(7)).actions
-    b = policy.act(obs, generator=torch.Generator().manual_seed(7)).actions
+    a = policy.act(obs, PlanContext(generator=torch.Generator().manual_seed(7))).actions
+    b = policy.act(obs, PlanContext(generator=torch.Generator().manual_seed(7))).actions
     np.testing.assert_array_equal(a, b)
     assert policy.training
 
 
-def test_reset_and_executed_counts_reach_the_sampler_and_it_sets_the_layout():
+def test_the_plan_context_and_the_previous_plan_reach_the_sampler_and_its_plan_sets_the_layout():
     schedule = DDPMSchedule()
     sampler = RecordingSampler(schedule)
     policy = make_policy(sampler=sampler)
@@ -81,12 +98,28 @@ def test_reset_and_executed_counts_reach_the_sampler_and_it_sets_the_layout():
     policy.reset()
     first = policy.act(obs)
     policy.act(obs)
-    policy.act(obs, n_executed=1)
+    policy.act(obs, PlanContext(n_executed=1, delay=3))
     policy.reset()
     policy.act(obs)
     assert sampler.resets == 2
-    assert sampler.calls == [0, 2, 1, 0]
+    assert sampler.calls == [(0, False, 0), (2, True, 0), (1, True, 3), (0, False, 0)]
     assert first.start == 3 and first.n_exec == 2 and first.nfe == 1
+
+
+def test_a_hook_on_the_denoiser_call_sees_every_evaluation_with_its_step_index():
+    policy = make_policy()  # DDIM-4
+    counter = StepCounter()
+    policy.call_hooks.append(counter)
+    obs = {"state": np.zeros((2, TO, 3), np.float32)}
+    for _ in range(3):
+        chunk = policy.act(obs)
+    assert counter.per_step == {0: 3, 1: 3, 2: 3, 3: 3} and counter.grids == [4, 4, 4] and counter.ended == 3
+    assert chunk.nfe == 4
+
+
+def test_a_sampler_whose_executed_actions_overrun_the_horizon_is_refused():
+    with pytest.raises(ValueError, match="beyond the horizon 16"):
+        make_policy(sampler=DDIMSampler(DDPMSchedule(), 4, n_action_steps=16))
 
 
 def test_observation_errors_name_the_key_and_shape():
@@ -121,7 +154,8 @@ def test_the_policy_overfits_a_tiny_dataset(prediction_type):
     opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
     losses = []
     for _ in range(300):
-        loss = policy.compute_loss(batch, generator=g)
+        loss, logs = policy.compute_loss(batch, generator=g)
+        assert set(logs) == {"denoise_loss"}
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -131,5 +165,5 @@ def test_the_policy_overfits_a_tiny_dataset(prediction_type):
     if prediction_type == "epsilon":
         return
     policy.eval()
-    pred = policy.predict({"state": obs}, generator=torch.Generator().manual_seed(1))
+    pred = policy.plan_chunk({"state": obs}, PlanContext(generator=torch.Generator().manual_seed(1))).actions
     assert (pred - actions).abs().mean() < 0.1

@@ -1,12 +1,13 @@
 """Noise schedules and the baseline samplers, checked against diffusers (Diffusion Policy's settings)."""
 
+import diffusers  # a dev dependency: these checks must run, never skip
 import pytest
 import torch
+from sampler_runner import Runner, sample
 
 from rtdp.policy.samplers import DDIMSampler, DDPMSampler, make_sampler
 from rtdp.policy.schedules import DDPMSchedule, EDMSchedule, make_schedule, raise_level
-
-diffusers = pytest.importorskip("diffusers")
+from rtdp.policy.spec import PolicySpec
 
 B, T, DA = 3, 16, 2
 
@@ -30,7 +31,7 @@ def test_ddpm_sampler_matches_diffusers_loop_given_the_same_noise():
     x = torch.randn(B, T, DA, generator=g)
     for t in ref.timesteps:
         x = ref.step(toy_model(x, torch.full((B,), float(t))), t, x, generator=g).prev_sample
-    ours = DDPMSampler(DDPMSchedule()).sample(toy_model, (B, T, DA), generator=torch.Generator().manual_seed(0))
+    ours = sample(DDPMSampler(DDPMSchedule()), toy_model, (B, T, DA), torch.Generator().manual_seed(0))
     torch.testing.assert_close(ours, x, atol=1e-5, rtol=1e-5)
 
 
@@ -41,17 +42,16 @@ def test_ddim_sampler_matches_diffusers_ddim_with_ten_steps():
     x = torch.randn(B, T, DA, generator=torch.Generator().manual_seed(1))
     for t in ref.timesteps:
         x = ref.step(toy_model(x, torch.full((B,), float(t))), t, x).prev_sample
-    sampler = DDIMSampler(DDPMSchedule(), num_steps=10)
-    ours = sampler.sample(toy_model, (B, T, DA), generator=torch.Generator().manual_seed(1))
+    run = Runner(DDIMSampler(DDPMSchedule(), num_steps=10))
+    ours = run(toy_model, (B, T, DA), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(ours, x, atol=1e-5, rtol=1e-5)
-    assert sampler.last_nfe == 10
+    assert run.last_nfe == 10
 
 
 def test_ddim_with_eta_one_and_all_training_steps_is_the_ddpm_path():
     schedule = DDPMSchedule(clip_sample=False)
-    ddpm = DDPMSampler(schedule).sample(toy_model, (B, T, DA), generator=torch.Generator().manual_seed(2))
-    ddim = DDIMSampler(schedule, num_steps=100, eta=1.0).sample(toy_model, (B, T, DA),
-                                                                generator=torch.Generator().manual_seed(2))
+    ddpm = sample(DDPMSampler(schedule), toy_model, (B, T, DA), torch.Generator().manual_seed(2))
+    ddim = sample(DDIMSampler(schedule, num_steps=100, eta=1.0), toy_model, (B, T, DA), torch.Generator().manual_seed(2))
     torch.testing.assert_close(ddim, ddpm, atol=1e-4, rtol=1e-4)
 
 
@@ -96,7 +96,7 @@ def test_ddim_with_an_oracle_denoiser_lands_on_the_data_point(name):
         return orig(x, level)
 
     schedule.model_input = spy
-    out = DDIMSampler(schedule, num_steps=8).sample(oracle, (B, T, DA), generator=torch.Generator().manual_seed(0))
+    out = sample(DDIMSampler(schedule, num_steps=8), oracle, (B, T, DA), torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=1e-4)
 
 
@@ -112,11 +112,14 @@ def test_raising_a_level_keeps_the_marginal_of_the_forward_process():
 
 
 def test_bad_sampler_and_schedule_options_are_refused_with_the_known_names():
-    with pytest.raises(ValueError, match="known: ddpm, ddim, sdp, rti"):
-        make_sampler({"name": "euler"}, DDPMSchedule())
+    ddpm, edm = PolicySpec(DDPMSchedule()), PolicySpec(EDMSchedule())
+    with pytest.raises(ValueError, match="known: ddim, ddpm, rti, rti_renoise, sdp"):
+        make_sampler({"name": "euler"}, ddpm)
     with pytest.raises(ValueError, match="num_steps must be in"):
-        make_sampler({"name": "ddim", "num_steps": 500}, DDPMSchedule())
+        make_sampler({"name": "ddim", "num_steps": 500}, ddpm)
     with pytest.raises(ValueError, match="needs a discrete DDPM schedule"):
-        make_sampler({"name": "ddpm"}, EDMSchedule())
-    with pytest.raises(ValueError, match="sampler 'ddim'"):
-        make_sampler({"name": "ddim", "steps": 3}, DDPMSchedule())
+        make_sampler({"name": "ddpm"}, edm)
+    with pytest.raises(ValueError, match="sampler 'ddim'.*its options: num_steps, eta, n_action_steps"):
+        make_sampler({"name": "ddim", "steps": 3}, ddpm)
+    with pytest.raises(ValueError, match="sampler=sdp needs weights trained with per-position noise levels"):
+        make_sampler({"name": "sdp"}, ddpm)

@@ -16,10 +16,11 @@ from rtdp.datasets.dataset import SequenceDataset
 from rtdp.policy.calibration import pick_tau, sweep_rti
 from rtdp.policy.factory import make_policy
 from rtdp.policy.levels import StreamingLevels
-from rtdp.policy.samplers import RTISampler, StreamingSampler
-from rtdp.policy.samplers.rti import DEFAULT_DISCRETE_MODE, DEFAULT_HYSTERESIS, warm_steps_for_tau
+from rtdp.policy.loading import load_policy
+from rtdp.policy.samplers import RTIRenoiseSampler, RTISampler, StreamingSampler
+from rtdp.policy.samplers.rti_renoise import DEFAULT_DISCRETE_MODE, DEFAULT_HYSTERESIS, warm_steps_for_tau
 from rtdp.policy.schedules import DDPMSchedule
-from rtdp.train.checkpoint import load_policy, save_checkpoint
+from rtdp.train.checkpoint import save_checkpoint
 from rtdp.train.trainer import data_meta
 
 OBS = {"keypoint": {"source": "keypoint"}, "agent_pos": {"source": "state", "columns": [0, 2]}}
@@ -62,7 +63,7 @@ def tiny_run(pusht_zarr, pusht_memory, tmp_path_factory):
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     for _ in range(80):
-        loss = policy.compute_loss(ds.sample_batch(rng.integers(0, len(ds), 64)), generator=gen)
+        loss, _ = policy.compute_loss(ds.sample_batch(rng.integers(0, len(ds), 64)), generator=gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -114,9 +115,21 @@ def test_sdp_from_a_checkpoint_spends_one_evaluation_per_executed_action_and_res
     assert policy.act(obs_window()).nfe == 15
 
 
-def test_rti_from_a_checkpoint_warm_starts_from_tau_and_replans_every_two_steps(tiny_run):
-    policy = load_policy(tiny_run, ["sampler=rti", "sampler.tau=20"])
-    assert isinstance(policy.sampler, RTISampler) and policy.sampler.tau == 20
+def test_authors_rti_from_a_checkpoint_replans_every_step_at_three_evaluations(tiny_run):
+    policy = load_policy(tiny_run, ["sampler=rti"])
+    assert isinstance(policy.sampler, RTISampler) and policy.sampler.steps == [2, 1, 0]
+    cold = policy.act(obs_window())
+    assert cold.nfe == 100 and cold.n_exec == 1 and cold.start == 1  # the authors' full DDPM sample first
+    for step in range(3):
+        warm = policy.act(obs_window(seed=step + 1))
+        assert warm.nfe == 3 and warm.n_exec == 1 and warm.info["warm"]
+    policy.reset()
+    assert policy.act(obs_window()).nfe == 100
+
+
+def test_renoise_rti_from_a_checkpoint_warm_starts_from_tau_and_replans_every_two_steps(tiny_run):
+    policy = load_policy(tiny_run, ["sampler=rti_renoise", "sampler.tau=20"])
+    assert isinstance(policy.sampler, RTIRenoiseSampler) and policy.sampler.tau == 20
     cold = policy.act(obs_window())
     assert cold.nfe == 10 and cold.n_exec == 2
     warm = policy.act(obs_window(seed=1))
@@ -129,10 +142,10 @@ def test_tau_selects_the_ddim_grid_levels_at_or_below_it():
     grid = DDPMSchedule().inference_levels(10).tolist()  # 90, 80, ..., 0, -1
     assert warm_steps_for_tau(grid, 20) == 3 and warm_steps_for_tau(grid, 25) == 3
     assert warm_steps_for_tau(grid, 0) == 1 and warm_steps_for_tau(grid, 99) == 10
-    rti = RTISampler(DDPMSchedule(), num_steps=10, tau=45)
+    rti = RTIRenoiseSampler(DDPMSchedule(), num_steps=10, tau=45)
     assert rti.tau == 40 and rti.warm_levels == [40, 30, 20, 10, 0, -1]
     with pytest.raises(ValueError, match="below every level"):
-        RTISampler(DDPMSchedule(spacing="trailing"), num_steps=10, tau=5)
+        RTIRenoiseSampler(DDPMSchedule(spacing="trailing"), num_steps=10, tau=5)
 
 
 def test_the_calibration_picks_the_smallest_tau_within_tolerance_on_a_hand_made_curve():
@@ -167,10 +180,10 @@ def test_calibrate_rti_cli_writes_the_curve_and_prints_the_override(tiny_run, ca
     assert rtdp_main(["calibrate-rti", f"checkpoint={tiny_run}", "windows=24", "tolerance=100x", f"out={out}",
                       "progress=false"]) == 0
     printed = capsys.readouterr().out
-    assert "use: sampler=rti sampler.tau=0" in printed
+    assert "use: sampler=rti_renoise sampler.tau=0" in printed
     rec = json.loads((out / "rti_calibration.json").read_text())
     assert rec["schema"] == "rtdp.metrics/1" and rec["kind"] == "rti_calibration"
-    assert rec["chosen"]["override"] == "sampler=rti sampler.tau=0" and len(rec["points"]) == 10
+    assert rec["chosen"]["override"] == "sampler=rti_renoise sampler.tau=0" and len(rec["points"]) == 10
     assert rec["n_windows"] == 24 and rec["noise_floor"]["deviation_mean"] > 0
     assert (out / "rti_calibration.png").stat().st_size > 0
 
@@ -229,9 +242,9 @@ def test_eval_num_threads_sets_torchs_threads_and_refuses_zero(tiny_run, tmp_pat
     assert "num_threads must be >= 1" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
-def test_run_with_sampler_rti_in_async_mode_reaches_the_warm_start(tiny_run, tmp_path):
+def test_run_with_the_renoise_rti_in_async_mode_reaches_the_warm_start(tiny_run, tmp_path):
     out = tmp_path / "run"
-    assert rtdp_main(["run", f"checkpoint={tiny_run}", "env=pusht", "obs_mode=keypoints", "sampler=rti",
+    assert rtdp_main(["run", f"checkpoint={tiny_run}", "env=pusht", "obs_mode=keypoints", "sampler=rti_renoise",
                       "sampler.warm_steps=2", "mode=async", "hz=20", "max_steps=12", f"out={out}"]) == 0
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     assert summary["executed_actions"] == 12 and summary["chunks"] >= 3
@@ -248,7 +261,7 @@ def test_sdp_transformer_trains_on_per_position_levels_and_streams_at_one_evalua
     policy.denoiser.register_forward_hook(lambda mod, args, out: seen.append(args[1].clone()))
     batch = {"obs": {"keypoint": torch.randn(64, 2, 9, 2), "agent_pos": torch.randn(64, 2, 2)},
              "action": torch.randn(64, 10, 2)}
-    loss = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    loss, _ = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
     loss.backward()  # gradients flow through the per-position level embedding
     assert seen[0].shape == (64, 10) and torch.isfinite(loss)
     chunkwise = policy.level_sampler.last_regimes == 3
@@ -263,9 +276,12 @@ def test_sdp_transformer_trains_on_per_position_levels_and_streams_at_one_evalua
         assert chunk.nfe == 1 and chunk.n_exec == 1 and chunk.actions.shape == (1, 10, 2)
 
 
-def test_sampler_rti_config_carries_the_samplers_own_discrete_defaults():
-    """`sampler=rti` (the YAML users read) and `RTISampler()` (benchmarks, calibration) must not drift apart."""
-    cfg = train_config("sampler=rti", "+task.action.discrete_dims=[1]")
+def test_sampler_rti_configs_carry_the_samplers_own_defaults():
+    """The YAMLs users read and the classes the benchmarks and calibration build must not drift apart."""
+    authors = train_config("sampler=rti", "+task.action.discrete_dims=[1]").sampler
+    assert list(authors.steps) == [2, 1, 0] and authors.n_action_steps == 1 and authors.discrete == "scale"
+    assert list(authors.discrete_dims) == [1]  # the task's, by default
+    cfg = train_config("sampler=rti_renoise", "+task.action.discrete_dims=[1]")
     assert cfg.sampler.discrete_mode == DEFAULT_DISCRETE_MODE
     assert cfg.sampler.discrete_hysteresis == DEFAULT_HYSTERESIS
     assert list(cfg.sampler.discrete_dims) == [1]  # the task's, by default

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from tiny_task import TINY_ARM, compose, tiny_overrides
 
+from rtdp.policy.loading import CheckpointError, load_policy, resolve_checkpoint
 from rtdp.policy.samplers import DDPMSampler
 from rtdp.train import checkpoint as ckpt_mod
-from rtdp.train.checkpoint import CheckpointError, load_policy, resolve_checkpoint
 from rtdp.train.trainer import Trainer
+from rtdp.types import PlanContext
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_load_policy_round_trips_the_ema_policy(trained):
         assert torch.equal(a, b), name
     obs = {"state": np.random.default_rng(0).normal(size=(3, 2, 4)).astype(np.float32)}
     trainer.ema.averaged.reset()
-    expected = trainer.ema.averaged.act(obs, generator=torch.Generator().manual_seed(0))
-    got = policy.act(obs, generator=torch.Generator().manual_seed(0))
+    expected = trainer.ema.averaged.act(obs, PlanContext(generator=torch.Generator().manual_seed(0)))
+    got = policy.act(obs, PlanContext(generator=torch.Generator().manual_seed(0)))
     np.testing.assert_array_equal(expected.actions, got.actions)
     assert got.dt == pytest.approx(1 / 20) and got.start == 1 and got.n_exec == 8
 

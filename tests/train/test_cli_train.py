@@ -23,7 +23,7 @@ def test_train_runs_and_writes_a_loadable_checkpoint(capsys, tiny_data, tmp_path
     assert code == 0, err
     assert (out / "checkpoints" / "last" / "model.safetensors").is_file()
     assert (out / "metrics.json").is_file() and list((out / "tb").iterdir())
-    from rtdp.train.checkpoint import load_policy
+    from rtdp.policy.loading import load_policy
 
     assert load_policy(out).n_obs_steps == 2
 
@@ -79,7 +79,7 @@ def test_a_scaled_gripper_is_trained_at_its_factor_and_the_rti_sampler_snaps_to_
     assert code == 0, err
     import torch
 
-    from rtdp.train.checkpoint import load_policy
+    from rtdp.policy.loading import load_policy
 
     policy = load_policy(out, ["sampler=rti", "sampler.discrete_dims=[1]"])
     lo, hi = policy.sampler.discrete_levels
@@ -111,11 +111,13 @@ def test_rti_on_a_gripper_trained_at_plus_minus_one_warns_that_a_warm_start_cann
     code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}", "training.num_steps=1",
                        "task.action.discrete_dims=[1]", *TINY_POLICY)
     assert code == 0, err
-    from rtdp.train.checkpoint import load_policy
+    from rtdp.policy.loading import load_policy
 
-    with pytest.warns(UserWarning, match=r"discrete_dims \[1\] span ±1 .* task.action.discrete_scale=0.5"):
-        load_policy(out, ["sampler=rti"])
+    for sampler in ("rti", "rti_renoise"):
+        with pytest.warns(UserWarning, match=r"discrete_dims \[1\] are carried at ±1 .* task.action.discrete_scale=0.5"):
+            load_policy(out, [f"sampler={sampler}"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_policy(out, ["sampler=rti", "sampler.discrete_mode=reinit"])
+        load_policy(out, ["sampler=rti_renoise", "sampler.discrete_mode=reinit"])
+        load_policy(out, ["sampler=rti", "sampler.discrete=clip", "sampler.clip_factor=10"])
         load_policy(out, ["sampler=ddim"])

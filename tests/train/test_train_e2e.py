@@ -8,7 +8,7 @@ import pytest
 from tiny_task import TINY_POLICY
 
 from rtdp.cli.main import main
-from rtdp.train.checkpoint import load_policy
+from rtdp.policy.loading import load_policy
 
 pytestmark = pytest.mark.slow
 

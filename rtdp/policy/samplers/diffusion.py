@@ -7,8 +7,11 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
+from rtdp.policy.call import DenoiserCall
+from rtdp.policy.plan import Plan
 from rtdp.policy.samplers.base import Sampler, batch_level
-from rtdp.policy.schedules import DDPMSchedule, ModelFn, NoiseSchedule
+from rtdp.policy.schedules import DDPMSchedule, NoiseSchedule
+from rtdp.types import PlanContext
 
 
 class _GridSampler(Sampler):
@@ -16,13 +19,21 @@ class _GridSampler(Sampler):
 
     num_steps: int
 
-    def _sample(self, denoise_fn: ModelFn, shape, generator, device, dtype, n_executed) -> Tensor:
+    def sample(self, call: DenoiserCall, shape, ctx: PlanContext, previous: Plan | None) -> Plan:
         levels = self.schedule.inference_levels(self.num_steps).tolist()
-        x = self.schedule.prior(shape, generator=generator, device=device, dtype=dtype)
-        return self.denoise(denoise_fn, x, levels, generator)
+        x = self.schedule.prior(shape, generator=ctx.generator, device=call.device, dtype=torch.float32)
+        return self.plan(self.denoise(call, x, levels, ctx.generator), call)
 
-    def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list, generator) -> Tensor:
-        """Run the reverse process through `levels` (noisiest first) from iterate `x`."""
+    def denoise(self, call: DenoiserCall, x: Tensor, levels: list, generator) -> Tensor:
+        """Run the reverse process through `levels` (noisiest first, ending clean) from iterate `x`; announces
+        the grid to `call` and closes it."""
+        call.begin(levels[:-1])
+        try:
+            return self._steps(call, x, levels, generator)
+        finally:
+            call.end()
+
+    def _steps(self, call: DenoiserCall, x: Tensor, levels: list, generator) -> Tensor:
         raise NotImplementedError
 
 
@@ -31,26 +42,26 @@ class DDPMSampler(_GridSampler):
 
     name = "ddpm"
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int | None = None):
+    def __init__(self, schedule: NoiseSchedule, num_steps: int | None = None, n_action_steps: int = 8,
+                 n_obs_steps: int = 2):
         if not isinstance(schedule, DDPMSchedule):
             raise ValueError(  # noqa: TRY004 - a configuration error, reported like the others
                 "the DDPM sampler needs a discrete DDPM schedule; use sampler=ddim with an EDM schedule")
-        super().__init__(schedule)
+        super().__init__(schedule, n_action_steps, n_obs_steps)
         self.num_steps = num_steps or schedule.num_train_steps
         schedule.inference_levels(self.num_steps)  # validates num_steps early
 
-    def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list[int], generator) -> Tensor:
-        """Run the reverse process through `levels` (noisiest first) from iterate `x`."""
+    def _steps(self, call: DenoiserCall, x: Tensor, levels: list[int], generator) -> Tensor:
         for k, k_next in pairwise(levels):
             k_t, k_next_t = batch_level(k, x.shape[0], x.device), batch_level(k_next, x.shape[0], x.device)
-            x0, _ = self.predict(denoise_fn, x, k_t)
+            x0, _ = call.predict(x, k_t)
             noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                      if k_next >= 0 else None)
             x = self.schedule.ddpm_step(x, k_t, k_next_t, x0, noise)
         return x
 
     def describe(self) -> dict:
-        return {"name": self.name, "num_steps": self.num_steps}
+        return {**super().describe(), "num_steps": self.num_steps}
 
 
 class DDIMSampler(_GridSampler):
@@ -58,18 +69,18 @@ class DDIMSampler(_GridSampler):
 
     name = "ddim"
 
-    def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, eta: float = 0.0):
+    def __init__(self, schedule: NoiseSchedule, num_steps: int = 10, eta: float = 0.0, n_action_steps: int = 8,
+                 n_obs_steps: int = 2):
         if eta and not isinstance(schedule, DDPMSchedule):
             raise ValueError("DDIM with eta > 0 needs a discrete DDPM schedule")
-        super().__init__(schedule)
+        super().__init__(schedule, n_action_steps, n_obs_steps)
         self.num_steps, self.eta = num_steps, eta
         schedule.inference_levels(num_steps)
 
-    def denoise(self, denoise_fn: ModelFn, x: Tensor, levels: list[float], generator) -> Tensor:
-        """Run DDIM through `levels` (noisiest first) from iterate `x`."""
+    def _steps(self, call: DenoiserCall, x: Tensor, levels: list[float], generator) -> Tensor:
         for k, k_next in pairwise(levels):
             k_t, k_next_t = batch_level(k, x.shape[0], x.device), batch_level(k_next, x.shape[0], x.device)
-            x0, eps = self.predict(denoise_fn, x, k_t)
+            x0, eps = call.predict(x, k_t)
             if self.eta:
                 noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 x = self.schedule.ddim_step_eta(x0, eps, k_t, k_next_t, self.eta, noise)
@@ -78,4 +89,4 @@ class DDIMSampler(_GridSampler):
         return x
 
     def describe(self) -> dict:
-        return {"name": self.name, "num_steps": self.num_steps, "eta": self.eta}
+        return {**super().describe(), "num_steps": self.num_steps, "eta": self.eta}

@@ -1,0 +1,138 @@
+"""Loading a policy from a checkpoint directory written by `rtdp train` (what `rtdp eval`, `rtdp run` and the
+benchmarks call, without importing any training code).
+
+    <run>/checkpoints/step_0001000/
+        model.safetensors        raw weights ("model.*") and EMA weights ("ema.*")
+        normalizer.safetensors   the data normaliser's stats
+        config.yaml              the resolved training config + what the data looked like (obs shapes, Da)
+    <run>/checkpoints/last -> step_0001000
+
+Configs written by older versions are upgraded on load (`upgrade_config`), so their checkpoints keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+
+from rtdp.normalizer import Normalizer
+
+LAST = "last"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+RENAMED = {"policy.n_action_steps": "sampler.n_action_steps"}  # override keys of older versions -> their home now
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked (missing, from another policy type, bad override)."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from itself, a run directory (its `checkpoints/last`) or `checkpoints/`."""
+    path = Path(path)
+    for candidate in (path, path / LAST, path / "checkpoints" / LAST):
+        if (candidate / "model.safetensors").is_file() and (candidate / "config.yaml").is_file():
+            return candidate.resolve()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a run directory or a "
+                              "checkpoints/step_* directory written by `rtdp train`")
+    raise CheckpointError(f"{str(path)!r} holds no checkpoint (no model.safetensors + config.yaml in it, its "
+                          "'last' or 'checkpoints/last'); pass a directory written by `rtdp train`")
+
+
+def load_config(ckpt: str | Path) -> DictConfig:
+    """A checkpoint's saved config, upgraded to the current layout."""
+    return upgrade_config(OmegaConf.load(Path(ckpt) / "config.yaml"))
+
+
+def upgrade_config(cfg: DictConfig) -> DictConfig:
+    """A saved config in the current layout: older versions kept the executed actions per plan in the policy
+    (`policy.n_action_steps`); the sampler holds them now, with the same default of 8 for DDPM/DDIM."""
+    policy = cfg.get("policy")
+    if policy is not None and "n_action_steps" in policy:
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+        del cfg.policy["n_action_steps"]
+    return cfg
+
+
+def _split_weights(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def load_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], what: str, policy_name: str) -> None:
+    """Load a state dict, turning a shape or key mismatch into one clear message."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of another shape"
+                  f" (e.g. {(missing or unexpected or wrong)[0]!r})")
+        raise CheckpointError(f"the checkpoint's {what} weights do not fit a {policy_name!r} policy ({detail}): "
+                              "it was trained with another policy type or size; use the policy it was trained with")
+    module.load_state_dict(weights)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Hydra-style overrides on a saved config: `sampler=ddim` loads a config group, `a.b=v` sets a value.
+
+    The policy group cannot change (the weights belong to one architecture); `task=` may, to evaluate on
+    another task with the same observations.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as err:  # hydra's parser error names the bad token
+        raise CheckpointError(f"bad override: {err}") from err
+    group_dir = CONFIG_DIR
+    for ov in parsed:
+        key, value = ov.key_or_group, ov.value()
+        if key in RENAMED:
+            raise CheckpointError(f"{key} is now {RENAMED[key]}: pass {RENAMED[key]}={value}")
+        if (group_dir / key).is_dir():
+            if key == "policy" and value != cfg.policy.get("name"):
+                raise CheckpointError(f"this checkpoint holds a {cfg.policy.get('name')!r} policy; it cannot be "
+                                      f"loaded as policy={value}")
+            src = group_dir / key / f"{value}.yaml"
+            if not src.is_file():
+                options = sorted(p.stem for p in (group_dir / key).glob("*.yaml"))
+                raise CheckpointError(f"no {key} config {value!r}; choose one of {', '.join(options)}")
+            if key != "policy":
+                cfg[key] = OmegaConf.load(src)
+            continue
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not ov.is_add():
+            raise CheckpointError(f"config key {key!r} does not exist in this checkpoint's config; "
+                                  f"prefix it with '+' to add it")
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | torch.device | None = None,
+                ema: bool = True):
+    """The (EMA) policy saved at `path` (checkpoint or run directory), ready for `act`, with overrides applied
+    (`sampler=ddim`, `sampler.num_steps=10`, ...)."""
+    from rtdp.policy.factory import make_policy
+
+    ckpt = resolve_checkpoint(path)
+    cfg = apply_overrides(load_config(ckpt), overrides)
+    meta = cfg.get("checkpoint")
+    if meta is None:
+        raise CheckpointError(f"{ckpt}/config.yaml has no 'checkpoint' section: not written by `rtdp train`")
+    normalizer = Normalizer.from_state_dict(load_file(str(ckpt / "normalizer.safetensors")))
+    policy = make_policy(cfg.policy, cfg.get("sampler"), {k: tuple(v) for k, v in meta.obs_shapes.items()},
+                         int(meta.action_dim), normalizer, fps=float(cfg.task.get("fps", 10)),
+                         crop_shape=cfg.task.get("crop_shape"))
+    weights = load_file(str(ckpt / "model.safetensors"))
+    prefix = "ema" if ema and any(k.startswith("ema.") for k in weights) else "model"
+    load_weights(policy, _split_weights(weights, prefix), prefix, str(cfg.policy.get("name")))
+    policy.config = cfg
+    policy.checkpoint_path = ckpt
+    device = device or cfg.get("device", "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"
+    return policy.to(device).eval()
