@@ -36,7 +36,27 @@ def test_user_errors_are_one_line_with_exit_2_under_python_dash_m():
 
 def test_demo_refuses_unknown_options(capsys):
     assert main(["demo", "epsiodes=3"]) == 2
-    assert "unknown option" in capsys.readouterr().err
+    assert "unknown key 'epsiodes'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "run", "collect", "calibrate-rti", "demo"])
+def test_every_key_value_command_lists_its_keys_in_help(command, capsys):
+    import importlib
+
+    module = importlib.import_module(COMMANDS[command][0])
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "keys:" in out and all(f"  {key} " in out for key in module.KEYS)
+
+
+def test_train_help_lists_what_the_registries_hold(capsys):
+    from rtdp.policy.samplers import SAMPLERS
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SAMPLERS) and "rti_renoise" in out and "unet1d" in out and "edm" in out
 
 
 

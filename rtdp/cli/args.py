@@ -3,7 +3,9 @@ torch-free `rtdp serve-env` can use it)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rtdp.cli.main import CLIError
@@ -37,21 +39,96 @@ def parse_kv(argv: list[str], usage: str) -> dict[str, Any]:
     return out
 
 
-def _int(args: dict[str, Any], key: str, default: int | None = None) -> int | None:
-    value = args.pop(key, default)
-    if value is None:
+@dataclass(frozen=True)
+class Key:
+    """One `key=value` option of a command: its type (`int`, `float`, `bool`, `str`), default, bounds, choices and
+    a line of help. Values are checked before a command does anything, so a bad one writes nothing."""
+
+    type: str = "str"
+    default: Any = None
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+    def describe(self) -> str:
+        what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}[self.type]
+        if self.choices:
+            what = " | ".join(self.choices)
+        if self.min is not None and self.max is not None:
+            return f"{what} in [{self.min:g}, {self.max:g}]"
+        if self.min is not None:
+            return f"{what} >= {self.min:g}"
+        return f"{what} <= {self.max:g}" if self.max is not None else what
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def convert(key: str, raw: str, spec: Key) -> Any:
+    """`raw` as `spec` says, or a CLIError naming the key, the value and what it takes."""
+    text = raw.strip()
+    if text.lower() in ("none", "null") and not spec.required and spec.type != "str":
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CLIError(f"{key} must be an integer, got {value!r}")
+    try:
+        if spec.type == "int":
+            value: Any = int(text)
+        elif spec.type == "float":
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+        elif spec.type == "bool":
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError(text)
+            value = text.lower() in _TRUE
+        else:
+            value = text
+    except ValueError:
+        raise CLIError(f"{key}={raw!r} is not valid: {key} takes {spec.describe()}") from None
+    if spec.choices and value not in spec.choices:
+        raise CLIError(f"{key}={raw!r} is not valid: use one of {', '.join(spec.choices)}")
+    if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+        raise CLIError(f"{key}={raw!r} is out of range: {key} takes {spec.describe()}")
     return value
 
 
-def out_dir(args: dict[str, Any], usage: str, placeholder: str, holds: str) -> Path:
-    """Pop the required `out=` directory; a file already at that path is refused (`holds`: what goes in it)."""
-    out = args.pop("out", None)
-    if out is None:
-        raise CLIError(f"missing out={placeholder}; usage: {usage}")
-    out = Path(str(out))
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"out={out} is a file; give a directory for {holds}")
-    return out
+def help_text(doc: str, keys: dict[str, Key], tail: str = "") -> str:
+    """A command's help: its docstring, then every key with what it takes, its default and its help line."""
+    width = max(map(len, keys), default=0)
+    lines = [doc.strip(), "", "keys:"]
+    for name, spec in keys.items():
+        default = "required" if spec.required else f"default {spec.default}"
+        lines.append(f"  {name:<{width}}  {spec.help} ({spec.describe()}; {default})")
+    if tail:
+        lines += ["", tail.strip()]
+    return "\n".join(lines)
+
+
+def parse_keys(argv: list[str], keys: dict[str, Key], usage: str, doc: str = "",
+               rest: Callable[[str], bool] | None = None, tail: str = "") -> tuple[dict[str, Any], list[str]]:
+    """Typed values of a command's own `keys` (defaults filled in) and the remaining `key=value` arguments that
+    `rest(key)` accepts (policy overrides, env options), in order. Anything else is a one-line usage error;
+    `-h`/`--help` prints the help and exits."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(doc or usage, keys, tail))
+        raise SystemExit(0)
+    values: dict[str, Any] = {}
+    extra: list[str] = []
+    for arg in argv:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key:
+            raise CLIError(f"expected key=value, got {arg!r}; usage: {usage}")
+        name = key.lstrip("-").replace("-", "_")
+        if name in keys:
+            values[name] = convert(name, raw, keys[name])
+        elif rest is not None and rest(key):
+            extra.append(arg)
+        else:
+            raise CLIError(f"unknown key {key!r}; keys: {', '.join(keys)} (see --help); usage: {usage}")
+    for name, spec in keys.items():
+        if name not in values:
+            if spec.required:
+                raise CLIError(f"missing {name}=...: {spec.help}; usage: {usage}")
+            values[name] = spec.default
+    return values, extra

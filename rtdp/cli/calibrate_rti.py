@@ -18,33 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from rtdp.cli.args import _int, parse_kv
+from rtdp.cli.args import Key, parse_keys
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp calibrate-rti checkpoint=PATH [episodes=N] [windows=256] [tolerance=1.1x|ABS] [seed=0] "
          "[out=DIR] [threads=N] [progress=true] [sampler.KEY=VALUE ...]")
-OPTIONS = ("checkpoint", "episodes", "windows", "tolerance", "seed", "out", "progress", "threads")
+KEYS = {
+    "checkpoint": Key("str", required=True, help="a run or checkpoint directory written by `rtdp train`"),
+    "episodes": Key("int", None, min=1, help="validation episodes to take windows from (default: all)"),
+    "windows": Key("int", 256, min=1, help="observation-window pairs to calibrate on"),
+    "tolerance": Key("str", "1.1x", help="normalised action units (0.05) or a multiple of the noise floor (1.1x)"),
+    "seed": Key("int", 0, min=0, help="window choice and sampler noise"),
+    "out": Key("str", help="directory for rti_calibration.json and .png (default <run>/rti_calibration)"),
+    "threads": Key("int", None, min=1, help="torch intra-op threads"),
+    "progress": Key("bool", True, help="show a progress bar"),
+}
 
 
-def _is_override(arg: str) -> bool:
-    key = arg.partition("=")[0]
+def _is_override(key: str) -> bool:
     return "." in key or key.lstrip("+") in ("sampler", "task")
-
-
-def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """Own options (typed by the shared `parse_kv`) and hydra-style policy overrides (`sampler.x=...`); anything
-    else is refused."""
-    if any(a in ("-h", "--help") for a in argv):
-        raise SystemExit(print(__doc__) or 0)
-    overrides = [a for a in argv if _is_override(a)]
-    opts = parse_kv([a for a in argv if not _is_override(a)], USAGE)
-    for key in opts:
-        if key not in OPTIONS:
-            raise CLIError(f"unknown option {key!r}; options: {', '.join(OPTIONS)} or sampler.KEY=VALUE overrides; "
-                           f"usage: {USAGE}")
-    if "checkpoint" not in opts:
-        raise CLIError(f"missing checkpoint=PATH; usage: {USAGE}")
-    return opts, overrides
 
 
 def parse_tolerance(text: str) -> tuple[float, bool]:
@@ -58,13 +50,6 @@ def parse_tolerance(text: str) -> tuple[float, bool]:
     if not value > 0 or not np.isfinite(value):
         raise CLIError(f"tolerance must be positive, got {text!r}")
     return value, relative
-
-
-def _at_least(opts: dict[str, Any], key: str, low: int, default: int | None = None) -> int | None:
-    value = _int(opts, key, default)
-    if value is not None and value < low:
-        raise CLIError(f"{key} must be >= {low}, got {value}")
-    return value
 
 
 def observation_pairs(policy: Any, cfg: Any, n_exec: int, episodes: int | None, windows: int,
@@ -116,15 +101,13 @@ def observation_pairs(policy: Any, cfg: Any, n_exec: int, episodes: int | None, 
 
 
 def main(argv: list[str]) -> int:
-    opts, overrides = parse_args(argv)
-    tolerance_arg = str(opts.get("tolerance", "1.1x"))
+    opts, overrides = parse_keys(argv, KEYS, USAGE, __doc__, rest=_is_override,
+                                 tail="sampler.KEY=VALUE (and task.KEY=VALUE) override the checkpoint's config.")
+    tolerance_arg = opts["tolerance"]
     tol_value, tol_relative = parse_tolerance(tolerance_arg)
-    episodes = _at_least(opts, "episodes", 1)
-    windows = _at_least(opts, "windows", 1, 256)
-    seed = _at_least(opts, "seed", 0, 0)
-    threads = _at_least(opts, "threads", 1)
-    progress = bool(opts.get("progress", True))
-    ckpt_arg = Path(str(opts["checkpoint"]))
+    episodes, windows, seed, threads, progress = (opts[k] for k in ("episodes", "windows", "seed", "threads",
+                                                                      "progress"))
+    ckpt_arg = Path(opts["checkpoint"])
     if not ckpt_arg.exists():
         raise CLIError(f"checkpoint={ckpt_arg} does not exist; pass a run directory or checkpoints/step_* "
                        "written by `rtdp train`")
@@ -143,7 +126,7 @@ def main(argv: list[str]) -> int:
         raise CLIError(f"cannot load {ckpt_arg}: {err}") from None
     rti = policy.sampler
     n_exec = rti.n_action_steps
-    out = Path(str(opts["out"])) if "out" in opts else _default_out(policy.checkpoint_path)
+    out = Path(opts["out"]) if opts["out"] is not None else _default_out(policy.checkpoint_path)
     if out.exists() and not out.is_dir():
         raise CLIError(f"out={out} is a file; give a directory for rti_calibration.json and .png")
     now, nxt, source = observation_pairs(policy, policy.config, n_exec, episodes, windows, seed)

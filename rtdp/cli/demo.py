@@ -23,11 +23,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from rtdp.cli.args import _int, parse_kv
+from rtdp.cli.args import Key, parse_keys
 from rtdp.cli.main import CLIError
 from rtdp.cli.main import main as rtdp
 
 USAGE = "rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [out=runs/demo]"
+KEYS = {
+    "episodes": Key("int", 50, min=1, help="scripted arm-lift demonstrations to collect"),
+    "minutes": Key("float", 4.0, min=0.05, help="training wall time"),
+    "eval_episodes": Key("int", 10, min=1, help="seeded episodes per evaluated sampler"),
+    "hz": Key("int", 20, min=1, max=500, help="control rate of the final run"),
+    "out": Key("str", "runs/demo", help="where everything lands"),
+}
 SHARED_PUSHT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pusht_cchi_v7_replay.zarr"
 
 
@@ -52,14 +59,9 @@ def _summary(path: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_kv(argv, USAGE)
-    episodes = _int(args, "episodes", 50)
-    minutes = float(args.pop("minutes", 4))
-    eval_episodes = _int(args, "eval_episodes", 10)
-    hz = _int(args, "hz", 20)
-    out = Path(str(args.pop("out", "runs/demo")))
-    if args:
-        raise CLIError(f"unknown option(s) {sorted(args)}; usage: {USAGE}")
+    args, _ = parse_keys(argv, KEYS, USAGE, __doc__)
+    episodes, minutes, eval_episodes, hz = args["episodes"], args["minutes"], args["eval_episodes"], args["hz"]
+    out = Path(args["out"])
     console = Console()
     t0 = time.perf_counter()
 

@@ -1,10 +1,12 @@
-"""`rtdp eval task=ID [agent=expert | checkpoint=PATH] episodes=50 seed=0 n_envs=2 out=DIR [video=N]
+"""`rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] [video=N]
 [obs_mode=...] [max_steps=N] [num_threads=N] [overrides ...]`: seeded, vectorised evaluation; writes eval.json,
-eval.png, videos. `num_threads` sets torch's intra-op threads (1 when other jobs share the CPU: two evaluations
-of 2 threads each on 2 cores thrash).
+eval.png and videos.
 
-With `checkpoint=PATH` every remaining `key=value` is a hydra-style override for the policy
-(`sampler=ddim sampler.num_steps=10`); with `agent=expert` they go to the env constructor.
+With `checkpoint=PATH` every other `key=value` is a hydra-style override for the policy (`sampler=ddim
+sampler.num_steps=10`), and the checkpoint's task supplies `task`, `obs_mode` and `max_steps` unless given; with
+`agent=expert` they go to the env constructor. The sampler's noise is seeded from `seed` too, so a command
+repeats its figures exactly. `num_threads=1` when other jobs share the CPU (two evaluations of 2 threads each
+on 2 cores thrash).
 """
 
 from __future__ import annotations
@@ -12,70 +14,75 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtdp.cli.args import _int, out_dir, parse_kv
-from rtdp.cli.collect import task_args
+from rtdp.cli.args import Key, parse_keys, parse_value
+from rtdp.cli.collect import check_task
 from rtdp.cli.main import CLIError
 
-USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] [episodes=50] [seed=0] [n_envs=2] out=DIR "
+USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] "
          "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [progress=true] [overrides ...]")
+KEYS = {
+    "task": Key("str", help="the rtdp task id (default: the checkpoint's task)"),
+    "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`"),
+    "agent": Key("str", choices=("expert",), help="evaluate the task's scripted expert instead"),
+    "out": Key("str", required=True, help="directory for eval.json, eval.png and videos"),
+    "episodes": Key("int", 50, min=1, help="seeded episodes (seeds seed, seed+1, ...)"),
+    "seed": Key("int", 0, min=0, help="the first episode's seed; also seeds the sampler's noise"),
+    "n_envs": Key("int", 2, min=1, help="envs stepped in parallel (one process each)"),
+    "video": Key("int", 0, min=0, help="episodes to record as MP4"),
+    "obs_mode": Key("str", help="the env's observation mode (default: the checkpoint's)"),
+    "max_steps": Key("int", None, min=1, help="episode step limit (default: the task's)"),
+    "num_threads": Key("int", None, min=1, help="torch intra-op threads"),
+    "progress": Key("bool", True, help="show a progress bar"),
+}
 
 
 def main(argv: list[str]) -> int:
     from rtdp.envs.errors import MissingDependencyError
 
-    raw = {a.partition("=")[0].lstrip("-"): a.partition("=")[2] for a in argv if "=" in a}
-    args = parse_kv(argv, USAGE)
-    env_cfg = _checkpoint_env(args.get("checkpoint"))
-    # a checkpoint's task config supplies the task, observation mode and episode limit it was trained for
-    for key, cfg_key in (("task", "id"), ("obs_mode", "obs_mode"), ("max_steps", "max_steps")):
-        if key not in args and env_cfg.get(cfg_key) is not None:
-            args[key] = env_cfg[cfg_key]
-    task, obs_mode = task_args(args, USAGE)
-    episodes = _int(args, "episodes", 50)
-    n_envs = _int(args, "n_envs", 2)
-    seed = _int(args, "seed", 0)
-    videos = _int(args, "video", 0)
-    max_steps = _int(args, "max_steps")
-    num_threads = _int(args, "num_threads")
-    if episodes < 1 or n_envs < 1 or videos < 0 or (num_threads is not None and num_threads < 1):
-        raise CLIError(f"episodes, n_envs and num_threads must be >= 1 and video >= 0; usage: {USAGE}")
-    out = out_dir(args, USAGE, "DIR", "eval.json, eval.png and videos")
-    progress = bool(args.pop("progress", True))
-    checkpoint = args.pop("checkpoint", None)
-    agent_name = args.pop("agent", None if checkpoint is not None else "expert")
+    args, rest = parse_keys(argv, KEYS, USAGE, __doc__, rest=lambda key: True,
+                            tail="Any other key=value: a policy override (with checkpoint) or an env option.")
+    checkpoint, agent_name = args["checkpoint"], args["agent"]
     if checkpoint is not None and agent_name is not None:
         raise CLIError("give either agent=expert or checkpoint=PATH, not both")
+    env_cfg = _checkpoint_env(checkpoint)
+    # a checkpoint's task config supplies the task, observation mode and episode limit it was trained for
+    for key, cfg_key in (("task", "id"), ("obs_mode", "obs_mode"), ("max_steps", "max_steps")):
+        if args[key] is None and env_cfg.get(cfg_key) is not None:
+            args[key] = env_cfg[cfg_key]
+    task, obs_mode = check_task(args["task"], args["obs_mode"], USAGE)
+    out = Path(args["out"])
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"out={out} is a file; give a directory for eval.json, eval.png and videos")
     env_kwargs: dict = {}
     if checkpoint is not None:
-        path = Path(str(checkpoint))
+        path = Path(checkpoint)
         if not path.exists():
             raise CLIError(f"checkpoint={path} does not exist")
-        from rtdp.policy.loading import load_policy
-        overrides = [f"{k}={raw.get(k, v)}" for k, v in args.items()]
-        if num_threads is not None:
-            import torch
+        import torch
 
-            torch.set_num_threads(num_threads)
+        from rtdp.policy.loading import load_policy
+
+        if args["num_threads"] is not None:
+            torch.set_num_threads(args["num_threads"])
         try:
-            agent = load_policy(path, overrides)
+            agent = load_policy(path, rest)
         except (ValueError, KeyError, FileNotFoundError) as err:
             raise CLIError(f"cannot load {path}: {err}") from None
-    elif agent_name == "expert":
+        torch.manual_seed(args["seed"])  # the sampler's noise: the same command gives the same figures
+    else:
         from rtdp.envs.experts import make_expert
 
-        env_kwargs = args
+        env_kwargs = {k: parse_value(v) for k, v in (a.split("=", 1) for a in rest)}
         try:
-            agent = make_expert(task, **{k: v for k, v in args.items() if k == "control"})
+            agent = make_expert(task, **{k: v for k, v in env_kwargs.items() if k == "control"})
         except (MissingDependencyError, ValueError) as err:
             raise CLIError(str(err)) from None
-    else:
-        raise CLIError(f"unknown agent={agent_name!r}: use agent=expert or checkpoint=PATH")
     from rtdp.envs.evaluate import evaluate
 
     try:
-        rec = evaluate(agent, task, n_episodes=episodes, seed=seed, n_envs=n_envs, obs_mode=obs_mode,
-                       max_steps=max_steps, n_videos=videos, progress=progress, env_kwargs=env_kwargs,
-                       out_dir=out)
+        rec = evaluate(agent, task, n_episodes=args["episodes"], seed=args["seed"], n_envs=args["n_envs"],
+                       obs_mode=obs_mode, max_steps=args["max_steps"], n_videos=args["video"],
+                       progress=args["progress"], env_kwargs=env_kwargs, out_dir=out)
     except (MissingDependencyError, ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
     print(json.dumps(rec["summary"]))

@@ -1,12 +1,6 @@
 """`rtdp run (checkpoint=PATH | agent=expert) env=ID|tcp://HOST:PORT [mode=async] [hz=10] ...`: run a policy
 in the fixed-rate control loop against a local or remote env, write metrics JSON + a timing plot, and
-optionally record the episodes into a replay buffer.
-
-Keys: checkpoint, agent (expert or package.module:factory), env (rtdp id, tcp:// address of
-`rtdp serve-env`, or package.module:factory), task (the rtdp id of a remote env, for agent=expert),
-obs_mode, mode (sync|async), hz, episodes, max_steps, seed, out (run directory), record (zarr path),
-timeout (remote reply timeout, s), retries, rt (SCHED_FIFO priority of the loop thread, 0 = off), spin
-(busy-wait before each tick, s). Any other key=value is a policy override
+optionally record the episodes into a replay buffer. Any key=value not listed below is a policy override
 (`sampler=ddim`, `sampler.num_steps=10`, ...) passed to the checkpoint loader.
 """
 
@@ -16,40 +10,31 @@ import datetime as _dt
 import importlib
 import time
 from pathlib import Path
+from typing import Any
 
+from rtdp.cli.args import Key, parse_keys
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp run (checkpoint=PATH | agent=expert) env=pusht|tcp://127.0.0.1:5555 [mode=sync|async] [hz=10] "
          "[episodes=1] [max_steps=300] [seed=0] [out=DIR] [record=PATH.zarr] [sampler overrides ...]")
-KEYS = {"checkpoint", "agent", "env", "task", "obs_mode", "mode", "hz", "episodes", "max_steps", "seed",
-        "out", "record", "timeout", "retries", "spin", "rt"}
-
-
-def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Split `key=value` arguments into run options and policy overrides."""
-    opts: dict[str, str] = {}
-    overrides: list[str] = []
-    for item in argv:
-        if item in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise CLIError(f"expected key=value, got {item!r}; usage: {USAGE}")
-        (opts.__setitem__(key, value) if key in KEYS else overrides.append(item))
-    return opts, overrides
-
-
-def _number(opts: dict[str, str], key: str, default: float, cast=float, lo: float | None = None,
-            hi: float | None = None):
-    raw = opts.get(key)
-    try:
-        value = cast(raw) if raw is not None else default
-    except ValueError:
-        raise CLIError(f"{key}={raw!r} is not a number") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise CLIError(f"{key}={value} is out of range [{lo}, {hi}]")
-    return value
+KEYS = {
+    "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`"),
+    "agent": Key("str", help="expert, or package.module:factory returning an Agent"),
+    "env": Key("str", help="an rtdp task id, the tcp:// or ipc:// address of `rtdp serve-env`, or module:factory"),
+    "task": Key("str", help="the rtdp id of a remote env (to pick the expert for agent=expert)"),
+    "obs_mode": Key("str", help="the local env's observation mode"),
+    "mode": Key("str", "async", choices=("sync", "async"), help="inference on the loop thread or in a worker"),
+    "hz": Key("float", 10.0, min=1.0, max=500.0, help="control rate"),
+    "episodes": Key("int", 1, min=1, help="episodes to run (seeds seed, seed+1, ...)"),
+    "max_steps": Key("int", 300, min=1, help="executed actions per episode at most"),
+    "seed": Key("int", 0, min=0, help="the first episode's seed"),
+    "out": Key("str", help="run directory for metrics.json and timing.png (default runs/run-<time>)"),
+    "record": Key("str", help="a replay buffer (zarr) to record the episodes into"),
+    "timeout": Key("float", 2.0, min=0.001, help="remote env reply timeout, s"),
+    "retries": Key("int", 2, min=0, help="remote env retries per request"),
+    "spin": Key("float", 0.001, min=0.0, max=0.05, help="busy-wait before each tick, s"),
+    "rt": Key("int", 0, min=0, max=99, help="SCHED_FIFO priority of the loop thread (0 = off)"),
+}
 
 
 def _factory(path: str):
@@ -60,19 +45,21 @@ def _factory(path: str):
         raise CLIError(f"cannot load {path!r}: {err}; give package.module:callable") from None
 
 
-def make_env(opts: dict[str, str]):
+def make_env(opts: dict[str, Any]):
     """The env: a RemoteEnv for tcp://, ipc://; a factory path; or an rtdp task id."""
     env_id = opts.get("env")
     if not env_id:
         raise CLIError(f"no env given: add env=pusht or env=tcp://127.0.0.1:5555; usage: {USAGE}")
     if "://" in env_id:
+        import zmq
+
         from rtdp.hardware.client import RemoteEnv, ServerGone
 
         try:
-            return RemoteEnv(env_id, timeout_s=_number(opts, "timeout", 2.0, lo=0.001),
-                             retries=_number(opts, "retries", 2, int, lo=0))
-        except ServerGone as err:
-            raise CLIError(str(err)) from None
+            return RemoteEnv(env_id, timeout_s=opts["timeout"], retries=opts["retries"])
+        except (ServerGone, ValueError, zmq.ZMQError) as err:
+            raise CLIError(f"env={env_id}: {err}; give the address `rtdp serve-env` binds, "
+                           "e.g. tcp://127.0.0.1:5555") from None
     if ":" in env_id:
         return _factory(env_id)()
     from rtdp.envs import make
@@ -83,7 +70,7 @@ def make_env(opts: dict[str, str]):
         raise CLIError(f"cannot make env {env_id!r}: {err}") from None
 
 
-def make_agent(opts: dict[str, str], overrides: list[str]):
+def make_agent(opts: dict[str, Any], overrides: list[str]):
     """The agent: a checkpoint's policy, a task's scripted expert, or a factory path."""
     ckpt, agent = opts.get("checkpoint"), opts.get("agent")
     if bool(ckpt) == bool(agent):
@@ -115,19 +102,14 @@ def make_agent(opts: dict[str, str], overrides: list[str]):
 
 
 def main(argv: list[str]) -> int:
-    opts, overrides = parse(argv)
-    mode = opts.get("mode", "async")
-    if mode not in ("sync", "async"):
-        raise CLIError(f"mode={mode!r}: use mode=sync or mode=async")
-    hz = _number(opts, "hz", 10.0, lo=1.0, hi=500.0)
-    episodes = _number(opts, "episodes", 1, int, lo=1)
-    max_steps = _number(opts, "max_steps", 300, int, lo=1)
-    seed = _number(opts, "seed", 0, int)
-    spin = _number(opts, "spin", 0.001, lo=0.0, hi=0.05)
-    rt = _number(opts, "rt", 0, int, lo=0, hi=99)
+    opts, overrides = parse_keys(argv, KEYS, USAGE, __doc__, rest=lambda key: True,
+                                 tail="Any other key=value is a policy override (with checkpoint=...).")
+    mode, hz, episodes, max_steps = opts["mode"], opts["hz"], opts["episodes"], opts["max_steps"]
+    seed, spin, rt, record = opts["seed"], opts["spin"], opts["rt"], opts["record"]
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(opts.get("out") or f"runs/run-{stamp}")
-    record = opts.get("record")
+    out = Path(opts["out"] or f"runs/run-{stamp}")
+    if out.exists() and not out.is_dir():  # checked now: the run must not end in a failed write
+        raise CLIError(f"out={out} is a file; give a directory for metrics.json and timing.png")
 
     agent = make_agent(opts, overrides)
     env = make_env(opts)

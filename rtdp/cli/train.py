@@ -13,10 +13,33 @@ import sys
 
 from rtdp.cli.main import CLIError
 
-HELP = __doc__ + """
-Config groups: policy (unet1d, unet1d_paper, transformer), task (pusht_keypoints, pusht_image, arm_lift,
-metaworld_pick_place), sampler (ddim, ddpm). `--cfg` prints the composed config and exits.
-"""
+
+def help_text() -> str:
+    """The docstring plus what can be chosen, read off the config folders and the registries."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    import rtdp.policy.transformer  # the built-in denoisers register when their modules are imported
+    import rtdp.policy.unet1d  # noqa: F401
+    from rtdp.policy.denoiser import DENOISERS
+    from rtdp.policy.levels import LEVEL_SAMPLERS
+    from rtdp.policy.samplers import SAMPLERS
+    from rtdp.policy.schedules import SCHEDULES
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    group = lambda name: ", ".join(sorted(p.stem for p in (configs / name).glob("*.yaml")))
+    top = OmegaConf.load(configs / "train.yaml")
+    keys = ", ".join(k for k in top if k != "defaults")
+    return "\n".join([
+        __doc__.strip(),
+        "",
+        f"config groups: policy ({group('policy')}); task ({group('task')}); sampler ({group('sampler')})",
+        (f"registered: denoisers (policy.denoiser.type) {', '.join(DENOISERS)}; schedules (policy.schedule.name) "
+        f"{', '.join(SCHEDULES)}; training levels (policy.levels.name) {', '.join(LEVEL_SAMPLERS)}; samplers "
+        f"(sampler.name) {', '.join(SAMPLERS)}"),
+        f"top-level keys: {keys}; training.* and eval.* as in rtdp/configs/train.yaml",
+        "`--cfg` prints the composed config and exits."])
 
 
 def compose_config(overrides: list[str]):
@@ -44,7 +67,7 @@ def compose_config(overrides: list[str]):
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
-        print(HELP)
+        print(help_text())
         return 0
     show = "--cfg" in argv
     overrides = [a for a in argv if a != "--cfg"]

@@ -104,7 +104,6 @@ def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_m
     Keys written: the env's observation keys + `action` (the expert's, clean even with `action_noise`).
     Returns a summary (also in `<out>/collect.json`).
     """
-    from rtdp.datasets.replay_buffer import ReplayBuffer
     from rtdp.envs import check_obs_mode, make
     from rtdp.envs.experts import make_expert
 
@@ -114,7 +113,22 @@ def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_m
         raise ValueError(f"action_noise is a fraction of the action range in [0, 1], got {action_noise}")
     obs_mode = check_obs_mode(task_id, obs_mode)
     agent = make_expert(task_id, **(expert_kwargs or {}))
-    out = Path(out)
+    kw = dict(env_kwargs or {})
+    if max_steps is not None:
+        kw["max_episode_steps"] = max_steps
+    env = make(task_id, obs_mode=obs_mode, **kw)  # before the store: a bad env option must leave nothing behind
+    try:
+        return _collect(env, agent, task_id, n_episodes, Path(out), seed, obs_mode, keep_failed, progress,
+                        max_steps, max_attempts, action_noise)
+    finally:
+        env.close()
+
+
+def _collect(env, agent, task_id: str, n_episodes: int, out: Path, seed: int, obs_mode: str | None,
+             keep_failed: bool, progress: bool, max_steps: int | None, max_attempts: int | None,
+             action_noise: float) -> dict[str, Any]:
+    from rtdp.datasets.replay_buffer import ReplayBuffer
+
     buf = ReplayBuffer.open(out, mode="a") if out.exists() else ReplayBuffer.create(out)
     state = _load_state(out, task_id, obs_mode, seed, keep_failed, float(action_noise))
     if state["pending"] is not None:  # a crash between "about to add" and "added": the buffer decides
@@ -126,31 +140,24 @@ def collect(task_id: str, n_episodes: int, out: str | Path, seed: int = 0, obs_m
         raise ValueError(f"{out} holds {buf.n_episodes} episodes but {STATE_FILE} lists {len(state['kept'])}: "
                          "it was written by something else; collect into a new out= path")
     max_attempts = max_attempts or 10 * n_episodes + 20
-    kw = dict(env_kwargs or {})
-    if max_steps is not None:
-        kw["max_episode_steps"] = max_steps
-    env = make(task_id, obs_mode=obs_mode, **kw)
-    try:
-        with _Bar(progress, n_episodes, buf.n_episodes, task_id) as bar:
-            while buf.n_episodes < n_episodes:
-                if state["next_attempt"] >= max_attempts:
-                    raise RuntimeError(f"the {task_id} expert succeeded in only {len(state['kept'])} of "
-                                       f"{state['next_attempt']} attempts; pass keep_failed=true or check the task")
-                s = seed + state["next_attempt"]
-                episode, outcome = rollout(env, agent, s, max_steps, action_noise)
-                state["next_attempt"] += 1
-                if outcome["success"] or keep_failed:
-                    state["pending"] = outcome
-                    metrics.write_json(out / STATE_FILE, state)
-                    buf.add_episode(episode)
-                    state["kept"].append(outcome)
-                    state["pending"] = None
-                    bar.advance()
-                else:
-                    state["failed"].append(outcome)
+    with _Bar(progress, n_episodes, buf.n_episodes, task_id) as bar:
+        while buf.n_episodes < n_episodes:
+            if state["next_attempt"] >= max_attempts:
+                raise RuntimeError(f"the {task_id} expert succeeded in only {len(state['kept'])} of "
+                                   f"{state['next_attempt']} attempts; pass keep_failed=true or check the task")
+            s = seed + state["next_attempt"]
+            episode, outcome = rollout(env, agent, s, max_steps, action_noise)
+            state["next_attempt"] += 1
+            if outcome["success"] or keep_failed:
+                state["pending"] = outcome
                 metrics.write_json(out / STATE_FILE, state)
-    finally:
-        env.close()
+                buf.add_episode(episode)
+                state["kept"].append(outcome)
+                state["pending"] = None
+                bar.advance()
+            else:
+                state["failed"].append(outcome)
+            metrics.write_json(out / STATE_FILE, state)
     n_tried = state["next_attempt"]
     n_success = sum(o["success"] for o in state["kept"] + state["failed"])
     return {"task": task_id, "obs_mode": obs_mode, "out": str(out), "n_episodes": buf.n_episodes,

@@ -1,7 +1,7 @@
 """Training noise levels: one per sample (plain Diffusion Policy) or one per action position (streaming).
 
 Streaming Diffusion Policy trains on a mixture of per-position level patterns so that the denoiser has seen
-every staircase its sampler visits (ALGORITHMS.md §1): `constant` (one level for the chunk: plain DP),
+every staircase its sampler visits (Høeg, Du, Egeland 2024): `constant` (one level for the chunk: plain DP),
 `linear` (rising along the chunk), `independent` (a level per position) and `chunkwise` (the sampler's
 staircase shifted down by an offset o ~ U{0 … N/h - 1}). The patterns are drawn as inference indices
 {0 … N-1} and mapped to the schedule with the streaming sampler's own table, so training and sampling agree;

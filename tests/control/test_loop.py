@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from rtdp.control import ControlLoop, run_episodes
+from rtdp.control.inference import LatencyEstimate
 from rtdp.control.report import plot_timing, summarize
 from rtdp.hardware import EnvServer, RemoteEnv
 from rtdp.hardware.loopback_env import LoopbackEnv, LoopbackExpert
@@ -127,8 +129,31 @@ def test_realtime_priority_is_applied_for_the_episode_and_restored():
 def test_warm_starting_policies_are_told_how_far_their_previous_chunk_moved(mode):
     agent = TimedAgent(0.01, n_exec=4, dt=1 / HZ)
     (ep,) = run_episodes(_env(), agent, hz=HZ, mode=mode, max_steps=12)
-    assert agent.n_executed[0] is None  # the warm-up has no previous chunk... (called without the kwarg)
+    assert agent.n_executed[0] is None  # the warm-up has no previous chunk (an empty context)
     shifts = [c.obs_tick - p.obs_tick for p, c in zip(ep.chunks, ep.chunks[1:])]
     assert agent.n_executed[1 : 1 + len(shifts)] == shifts  # chunk dt == period: ticks == actions
     if mode == "sync" and not ep.scheduler_counts.get("dropped_late"):
         assert set(shifts) == {4}
+
+
+def test_the_latency_estimate_ignores_a_single_spike_and_follows_the_recent_calls():
+    est = LatencyEstimate()
+    est.add(1.0)  # a start-up spike
+    for _ in range(10):
+        est.add(0.010)
+    assert est.seconds == pytest.approx(0.010) and est.steps(PERIOD_NS) == 1
+    for _ in range(20):  # inference got slower for good: the estimate follows within a window
+        est.add(0.120)
+    assert est.seconds == pytest.approx(0.120) and est.steps(PERIOD_NS) == 3
+
+
+def test_async_plans_are_told_the_expected_delay_and_the_warm_up_spike_does_not_inflate_it():
+    # the first inference (before the clock starts) takes 400 ms, the others 60 ms: 2 ticks at 20 Hz
+    agent = TimedAgent(0.06, n_exec=4, dt=1 / HZ, on_call=lambda n: time.sleep(0.34) if n == 1 else None)
+    run_episodes(_env(), agent, hz=HZ, mode="async", max_steps=24)
+    assert agent.delays[0] == 0  # the warm-up: nothing measured yet
+    later = agent.delays[2:]  # from the second measured latency on
+    assert later and max(later) <= 3 and min(later) >= 1  # never the 8 ticks of the spike
+    sync = TimedAgent(0.01, n_exec=4, dt=1 / HZ)
+    run_episodes(_env(), sync, hz=HZ, mode="sync", max_steps=8)
+    assert set(sync.delays) == {0}  # synchronously the world waits for the plan

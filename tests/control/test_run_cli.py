@@ -44,8 +44,8 @@ def test_run_writes_metrics_plot_and_recording(tmp_path):
 @pytest.mark.parametrize("argv, fragment", [
     ([f"env={LOOPBACK}"], "checkpoint=PATH or agent=expert"),
     ([f"agent={EXPERT}"], "no env given"),
-    ([f"agent={EXPERT}", f"env={LOOPBACK}", "mode=fast"], "mode=sync or mode=async"),
-    ([f"agent={EXPERT}", f"env={LOOPBACK}", "hz=abc"], "not a number"),
+    ([f"agent={EXPERT}", f"env={LOOPBACK}", "mode=fast"], "use one of sync, async"),
+    ([f"agent={EXPERT}", f"env={LOOPBACK}", "hz=abc"], "hz takes a number in [1, 500"),
     ([f"agent={EXPERT}", f"env={LOOPBACK}", "hz=5000"], "out of range"),
     (["checkpoint=/nonexistent/ckpt", f"env={LOOPBACK}"], "does not exist"),
     ([f"agent={EXPERT}", f"env={LOOPBACK}", "sampler.num_steps=4"], "need checkpoint"),

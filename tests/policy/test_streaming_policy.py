@@ -200,7 +200,7 @@ def test_calibrate_rti_calibrates_the_gripper_variant_it_is_given_and_records_it
 
 
 @pytest.mark.parametrize("args,message", [
-    (["bogus=1"], "unknown option 'bogus'"),
+    (["bogus=1"], "unknown key 'bogus'"),
     (["sampler.bogus=1"], "does not exist"),
     (["+sampler.bogus=1"], "bogus"),
     (["tolerance=abc"], "tolerance must be a number"),
@@ -239,7 +239,7 @@ def test_eval_num_threads_sets_torchs_threads_and_refuses_zero(tiny_run, tmp_pat
     capsys.readouterr()
     assert rtdp_main(["eval", *PUSHT, f"checkpoint={tiny_run}", "num_threads=0", f"out={tmp_path / 'bad'}"]) == 2
     err = capsys.readouterr().err
-    assert "num_threads must be >= 1" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
+    assert "num_threads takes an integer >= 1" in err and err.count("\n") == 1 and not (tmp_path / "bad").exists()
 
 
 def test_run_with_the_renoise_rti_in_async_mode_reaches_the_warm_start(tiny_run, tmp_path):
