@@ -4,7 +4,7 @@ torch-free `rtdp serve-env` can use it)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,3 +132,12 @@ def parse_keys(argv: list[str], keys: dict[str, Key], usage: str, doc: str = "",
                 raise CLIError(f"missing {name}=...: {spec.help}; usage: {usage}")
             values[name] = spec.default
     return values, extra
+
+
+def check_values(values: Mapping[str, Any], keys: Mapping[str, Key]) -> None:
+    """Check already-parsed values (a composed config's, by dotted name) against `keys`; the first bad one is a
+    one-line CLIError naming it and what it takes."""
+    for name, spec in keys.items():
+        if name in values:
+            value = values[name]
+            convert(name, "none" if value is None else str(value), spec)

@@ -11,7 +11,39 @@ from __future__ import annotations
 
 import sys
 
+from rtdp.cli.args import Key, check_values
 from rtdp.cli.main import CLIError
+
+# The composed config's user-settable values, checked before anything is built or written.
+CONFIG_KEYS = {
+    "seed": Key("int", min=0), "num_threads": Key("int", min=1), "resume": Key("bool"),
+    "training.batch_size": Key("int", min=1), "training.num_steps": Key("int", min=1),
+    "training.max_minutes": Key("float", min=0.01), "training.grad_clip": Key("float", min=0.0),
+    "training.warmup_steps": Key("int", min=0), "training.val_ratio": Key("float", min=0.0, max=0.95),
+    "training.val_every": Key("int", min=0), "training.val_batches": Key("int", min=1),
+    "training.log_every": Key("int", min=1), "training.checkpoint_every": Key("int", min=0),
+    "training.checkpoint_every_minutes": Key("float", min=0.01), "training.keep_checkpoints": Key("int", min=0),
+    "eval.every_steps": Key("int", min=0), "eval.every_minutes": Key("float", min=0.01),
+    "eval.episodes": Key("int", min=1), "eval.final_episodes": Key("int", min=0), "eval.n_envs": Key("int", min=1),
+    "eval.seed": Key("int", min=0), "policy.optim.lr": Key("float", min=0.0), "policy.horizon": Key("int", min=1),
+    "policy.n_obs_steps": Key("int", min=1),
+}
+
+
+def check_config(cfg) -> None:
+    """Refuse a composed config with a value of the wrong type or range, or an out_dir that is a file."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    values = {name: OmegaConf.select(cfg, name, default=None) for name in CONFIG_KEYS}
+    check_values({k: v for k, v in values.items() if v is not None}, CONFIG_KEYS)
+    memory = OmegaConf.select(cfg, "training.data_in_memory", default="auto")
+    if memory not in (True, False, "auto"):
+        raise CLIError(f"training.data_in_memory={memory!r} is not valid: use true, false or auto")
+    out = Path(str(cfg.out_dir))
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"out_dir={out} is a file; give a directory for the run's checkpoints and logs")
 
 
 def help_text() -> str:
@@ -75,6 +107,7 @@ def main(argv: list[str]) -> int:
     if bad:
         raise CLIError(f"expected key=value overrides, got {bad[0]!r} (e.g. `rtdp train task=pusht_keypoints`)")
     cfg = compose_config(overrides)
+    check_config(cfg)
     if show:
         from omegaconf import OmegaConf
 

@@ -5,23 +5,32 @@ benchmarks call, without importing any training code).
         model.safetensors        raw weights ("model.*") and EMA weights ("ema.*")
         normalizer.safetensors   the data normaliser's stats
         config.yaml              the resolved training config + what the data looked like (obs shapes, Da)
+        manifest.json            size and SHA-256 of every other file, checked before anything is read
     <run>/checkpoints/last -> step_0001000
 
-Configs written by older versions are upgraded on load (`upgrade_config`), so their checkpoints keep working.
+A damaged checkpoint (truncated, flipped bytes, a garbage file) is refused with one line naming the file.
+Configs and checkpoints written by older versions (no manifest) still load, unverified; their configs are
+upgraded on load (`upgrade_config`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from rtdp.normalizer import Normalizer
 
 LAST = "last"
+MANIFEST = "manifest.json"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 RENAMED = {"policy.n_action_steps": "sampler.n_action_steps"}  # override keys of older versions -> their home now
 
@@ -30,12 +39,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked (missing, from another policy type, bad override)."""
 
 
+def _complete(candidate: Path) -> bool:
+    return (candidate / "model.safetensors").is_file() and (candidate / "config.yaml").is_file()
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from itself, a run directory (its `checkpoints/last`) or `checkpoints/`."""
+    """A checkpoint directory from itself, a run directory (its `checkpoints/last`) or `checkpoints/`. When
+    `last` points at nothing complete (a crash between writes), the newest complete `step_*` is used."""
     path = Path(path)
     for candidate in (path, path / LAST, path / "checkpoints" / LAST):
-        if (candidate / "model.safetensors").is_file() and (candidate / "config.yaml").is_file():
+        if _complete(candidate):
             return candidate.resolve()
+    for root in (path, path / "checkpoints"):
+        steps = sorted((p for p in root.glob("step_*") if p.is_dir() and _complete(p)), reverse=True)
+        if steps:
+            return steps[0].resolve()
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a run directory or a "
                               "checkpoints/step_* directory written by `rtdp train`")
@@ -43,9 +61,65 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           "'last' or 'checkpoints/last'); pass a directory written by `rtdp train`")
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_VERIFIED: dict[tuple[str, int], bool] = {}  # (manifest path, its mtime) -> verified once in this process
+
+
+def verify_checkpoint(ckpt: str | Path) -> bool:
+    """Check every file against the checkpoint's manifest (size, then SHA-256); True if there was a manifest to
+    check (older checkpoints have none). A mismatch is a CheckpointError naming the file."""
+    ckpt = Path(ckpt)
+    manifest = ckpt / MANIFEST
+    if not manifest.is_file():
+        return False
+    key = (str(manifest.resolve()), manifest.stat().st_mtime_ns)
+    if _VERIFIED.get(key):
+        return True
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{manifest} is unreadable ({err}); the checkpoint cannot be verified: use another "
+                              "checkpoint (an older step_*) or retrain") from None
+    for name, entry in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing from the checkpoint its manifest lists; use another checkpoint")
+        if f.stat().st_size != entry["bytes"] or file_digest(f) != entry["sha256"]:
+            raise CheckpointError(f"{f} is damaged (its size or SHA-256 differs from the manifest's); use another "
+                                  "checkpoint (an older step_*) or retrain")
+    _VERIFIED[key] = True
+    return True
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a CheckpointError naming it (truncated, empty, a bad header)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read as safetensors ({' '.join(str(err).split())}); the file is "
+                              "damaged: use another checkpoint or retrain") from None
+
+
 def load_config(ckpt: str | Path) -> DictConfig:
-    """A checkpoint's saved config, upgraded to the current layout."""
-    return upgrade_config(OmegaConf.load(Path(ckpt) / "config.yaml"))
+    """A checkpoint's saved config, upgraded to the current layout (a CheckpointError if it is not YAML)."""
+    path = Path(ckpt) / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a valid config ({first}); the checkpoint is damaged: use another "
+                              "checkpoint or retrain") from None
+    if not isinstance(cfg, DictConfig):
+        raise CheckpointError(f"{path} does not hold a config mapping; the checkpoint is damaged")
+    return upgrade_config(cfg)
 
 
 def upgrade_config(cfg: DictConfig) -> DictConfig:
@@ -119,15 +193,21 @@ def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | t
     from rtdp.policy.factory import make_policy
 
     ckpt = resolve_checkpoint(path)
+    verify_checkpoint(ckpt)
     cfg = apply_overrides(load_config(ckpt), overrides)
     meta = cfg.get("checkpoint")
     if meta is None:
         raise CheckpointError(f"{ckpt}/config.yaml has no 'checkpoint' section: not written by `rtdp train`")
-    normalizer = Normalizer.from_state_dict(load_file(str(ckpt / "normalizer.safetensors")))
+    try:
+        normalizer = Normalizer.from_state_dict(read_tensors(ckpt / "normalizer.safetensors"))
+    except (ValueError, KeyError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{ckpt / 'normalizer.safetensors'} does not hold normaliser stats ({err})") from None
     policy = make_policy(cfg.policy, cfg.get("sampler"), {k: tuple(v) for k, v in meta.obs_shapes.items()},
                          int(meta.action_dim), normalizer, fps=float(cfg.task.get("fps", 10)),
                          crop_shape=cfg.task.get("crop_shape"))
-    weights = load_file(str(ckpt / "model.safetensors"))
+    weights = read_tensors(ckpt / "model.safetensors")
     prefix = "ema" if ema and any(k.startswith("ema.") for k in weights) else "model"
     load_weights(policy, _split_weights(weights, prefix), prefix, str(cfg.policy.get("name")))
     policy.config = cfg

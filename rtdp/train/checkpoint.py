@@ -8,8 +8,10 @@
         train_state.json         step, EMA step, optimiser hyper-parameters, elapsed time
     <run>/checkpoints/last -> step_0001000   (symlink, replaced atomically)
 
-A checkpoint is written into a hidden temporary directory, every file fsynced, then renamed into place,
-so a crash leaves either the previous checkpoint or the new one, never half of one.
+A checkpoint is written into a hidden temporary directory, every file fsynced and listed with its SHA-256 in
+`manifest.json`, then renamed into place; re-saving a step renames the old copy aside before the new one
+moves in, so a crash leaves either the previous checkpoint or the new one, never half of one, and `last`
+resolves to a complete one. `clean_stale` removes what a killed writer left behind.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from rtdp.normalizer import Normalizer
-from rtdp.policy.loading import LAST
+from rtdp.policy.loading import LAST, MANIFEST, file_digest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,9 +102,12 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: torch.nn.Module, e
                  "lr_scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
                  **dict(train_state or {})}
         _write_bytes(tmp / "train_state.json", json.dumps(state, indent=2).encode())
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
+    _write_bytes(tmp / MANIFEST, json.dumps({"version": 1, "files": files}, indent=2).encode())
     _fsync_dir(tmp)
-    if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
-        shutil.rmtree(final)
+    aside = root / f".old_step_{step:07d}_{os.getpid()}"
+    if final.exists():  # re-saving a step (e.g. the final save right after a periodic one): swap, then delete
+        os.replace(final, aside)
     os.replace(tmp, final)
     link_tmp = root / f".{LAST}.{os.getpid()}"
     if link_tmp.is_symlink() or link_tmp.exists():
@@ -110,7 +115,27 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model: torch.nn.Module, e
     os.symlink(final.name, link_tmp)
     os.replace(link_tmp, root / LAST)
     _fsync_dir(root)
+    shutil.rmtree(aside, ignore_errors=True)
     steps = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def clean_stale(run_dir: str | Path) -> list[Path]:
+    """Tidy what a killed `save_checkpoint` left in `<run_dir>/checkpoints`: a set-aside copy whose replacement
+    never moved in is moved back (it is complete); temporary copies and half-made `last` links are removed. Call
+    it only where no other writer runs. Returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    for aside in sorted(root.glob(".old_step_*")):
+        final = root / "_".join(aside.name[len(".old_"):].split("_")[:2])  # .old_step_0000006_<pid> -> step_0000006
+        if not final.exists():
+            os.replace(aside, final)
+    removed = []
+    for p in sorted(root.glob(".tmp_step_*")) + sorted(root.glob(".old_step_*")) + sorted(root.glob(f".{LAST}.*")):
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed

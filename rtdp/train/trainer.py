@@ -27,13 +27,19 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from safetensors.torch import load_file
 
 from rtdp import metrics
 from rtdp.normalizer import Normalizer
 from rtdp.policy.factory import make_policy
-from rtdp.policy.loading import CheckpointError, load_config, load_weights, resolve_checkpoint
-from rtdp.train.checkpoint import optimizer_from_tensors, save_checkpoint
+from rtdp.policy.loading import (
+    CheckpointError,
+    load_config,
+    load_weights,
+    read_tensors,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
+from rtdp.train.checkpoint import clean_stale, optimizer_from_tensors, save_checkpoint
 from rtdp.train.distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
 from rtdp.train.ema import EMAModel
 
@@ -206,6 +212,9 @@ def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def _set_rng_state(generator: torch.Generator, tensors: dict[str, torch.Tensor]) -> None:
+    if "rng.torch" not in tensors or "rng.generator" not in tensors:
+        raise CheckpointError("the checkpoint's optimizer.safetensors holds no RNG state, so the run cannot resume "
+                              "bit for bit; resume from another checkpoint or start a new run")
     torch.set_rng_state(tensors["rng.torch"])
     generator.set_state(tensors["rng.generator"])
     if "rng.cuda" in tensors and generator.device.type == "cuda":
@@ -262,6 +271,9 @@ class Trainer:
     # -------------------------------------------------------------------------------------- setup
     def _check_out_dir(self) -> None:
         ckpts = self.out_dir / "checkpoints"
+        if self.cfg.resume and ckpts.is_dir() and self.dist.is_main:
+            for path in clean_stale(self.out_dir):  # what a killed save left behind
+                self.log(f"removed the leftover {path.name} of an interrupted checkpoint write")
         has_run = ckpts.is_dir() and any(ckpts.glob("step_*"))
         if self.cfg.resume and not has_run:
             raise CheckpointError(f"resume=true but {ckpts} holds no checkpoint; drop resume=true to start a run")
@@ -271,28 +283,33 @@ class Trainer:
 
     def _resume(self) -> None:
         ckpt = resolve_checkpoint(self.out_dir)
+        verify_checkpoint(ckpt)
         saved = load_config(ckpt)
         if saved.policy.get("name") != self.cfg.policy.get("name") or \
                 saved.policy.denoiser.get("type") != self.cfg.policy.denoiser.get("type"):
             raise CheckpointError(f"{ckpt} holds a {saved.policy.get('name')!r} policy, not "
                                   f"{self.cfg.policy.get('name')!r}; resume with policy={saved.policy.get('name')}")
-        weights = load_file(str(ckpt / "model.safetensors"))
+        weights = read_tensors(ckpt / "model.safetensors")
         name = str(self.cfg.policy.get("name"))
         load_weights(self.policy, {k[6:]: v for k, v in weights.items() if k.startswith("model.")}, "model", name)
         load_weights(self.ema.averaged, {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}, "EMA", name)
         if not (ckpt / "train_state.json").is_file():
             raise CheckpointError(f"{ckpt} has no training state (train_state.json); it can be evaluated but "
                                   "not resumed")
-        state = json.loads((ckpt / "train_state.json").read_text())
-        tensors = load_file(str(ckpt / "optimizer.safetensors"))
+        try:
+            state = json.loads((ckpt / "train_state.json").read_text())
+            steps = (int(state["step"]), int(state["ema_step"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{ckpt / 'train_state.json'} is damaged ({type(err).__name__}: {err}); resume "
+                                  "from another checkpoint (an older step_*) or start a new run") from None
+        tensors = read_tensors(ckpt / "optimizer.safetensors")
         optimizer_from_tensors(self.optimizer, {k: v.to(self.device) for k, v in tensors.items()
                                                 if k.startswith("state.")}, state["param_groups"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.normalizer = Normalizer.from_state_dict(load_file(str(ckpt / "normalizer.safetensors")))
+        self.normalizer = Normalizer.from_state_dict(read_tensors(ckpt / "normalizer.safetensors"))
         self.policy.normalizer = self.ema.averaged.normalizer = self.normalizer
         self.train_ds.normalizer = self.normalizer
-        self.step = int(state["step"])
-        self.ema.optimization_step = int(state["ema_step"])
+        self.step, self.ema.optimization_step = steps
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.history = list(state.get("history", []))
         _set_rng_state(self.generator, tensors)
