@@ -4,10 +4,9 @@
 smallest τ whose executed actions stay within `tolerance` of the full sampler's.
 
 `tolerance` is in normalised action units (`tolerance=0.05`) or relative to the noise floor, the deviation
-between two full samples (`tolerance=1.1x`, the default: on PushT 1.25x picked τ=0, which lost 30% of the
-coverage in closed loop, where 1.1x picks τ=10 at 98%). `threads=N` sets torch's intra-op threads. Writes
-`rti_calibration.json` + `.png` to `out`
-(default: `<run>/rti_calibration`) and prints the override to use (`sampler=rti_renoise sampler.tau=...`).
+between two full samples (`tolerance=1.1x`, the default; docs/streaming.md says how it was chosen). Writes
+`rti_calibration.json` + `.png` to `out` (default: `<run>/rti_calibration`) and prints the override to use
+(`sampler=rti_renoise sampler.tau=...`).
 """
 
 from __future__ import annotations

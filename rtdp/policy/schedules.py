@@ -47,7 +47,6 @@ class NoiseSchedule(ABC):
     to register itself (`schedule.name` in a policy config)."""
 
     name: ClassVar[str]
-    clean_level: float
     prediction_type: str
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -115,7 +114,6 @@ class DDPMSchedule(NoiseSchedule):
     """Discrete-time DDPM with K training levels; level -1 is clean."""
 
     name = "ddpm"
-    clean_level = -1
 
     def __init__(self, num_train_steps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
                  prediction_type: str = "epsilon", clip_sample: bool = True, clip_range: float = 1.0,
@@ -215,7 +213,6 @@ class EDMSchedule(NoiseSchedule):
     EDM loss weight λ(σ)·c_out² equal to one."""
 
     name = "edm"
-    clean_level = 0.0
     prediction_type = "edm"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,

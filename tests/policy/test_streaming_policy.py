@@ -285,3 +285,13 @@ def test_sampler_rti_configs_carry_the_samplers_own_defaults():
     assert cfg.sampler.discrete_mode == DEFAULT_DISCRETE_MODE
     assert cfg.sampler.discrete_hysteresis == DEFAULT_HYSTERESIS
     assert list(cfg.sampler.discrete_dims) == [1]  # the task's, by default
+
+
+def test_rtdp_eval_repeats_its_figures_exactly_for_the_same_seed(tiny_run, tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert rtdp_main(["eval", *PUSHT, f"checkpoint={tiny_run}", "sampler=ddim", "episodes=2", "n_envs=2",
+                          "max_steps=12", "seed=5", f"out={out}", "progress=false"]) == 0
+        runs.append(json.loads((out / "eval.json").read_text())["episodes"])
+    assert runs[0] == runs[1]
