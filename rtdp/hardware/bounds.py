@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 
@@ -32,6 +33,7 @@ class Limits:
     max_depth: int = 32
     max_objects: int = 1 << 16
 
+    @cached_property
     def unpack_kwargs(self) -> dict[str, int]:
         """msgpack's own length limits (checked at each header, before the container is allocated)."""
         return {"max_str_len": self.max_str_len, "max_bin_len": self.max_bin_len,

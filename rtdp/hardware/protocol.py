@@ -189,7 +189,7 @@ def decode(frames: list, max_bytes: int | None = None, limits: Limits = DEFAULT_
             return _array(d[_ND], bufs, used)
         return d
 
-    unpack_kw = limits.unpack_kwargs()
+    unpack_kw = limits.unpack_kwargs
     try:
         env = msgpack.unpackb(head, raw=False, strict_map_key=False, object_hook=hook, **unpack_kw)
     except ProtocolError:
