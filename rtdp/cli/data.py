@@ -1,8 +1,8 @@
 """`rtdp data info|stats|convert|import-lerobot|export-lerobot`: inspect, convert and move replay buffers.
 
-Every bad input (missing path, not a replay buffer, missing key, corrupt chunk, inconsistent store) is a
-one-line `CLIError` (exit 2), and commands that write do so into a temporary sibling that is renamed into
-place only on success, so a failure writes nothing.
+Every bad input (missing path, not a replay buffer, missing key, corrupt chunk, inconsistent store, an
+unwritable output) is a one-line `CLIError` (exit 2), and commands that write do so into a temporary sibling
+that is renamed into place only on success, so a failure writes nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,14 @@ from rtdp.datasets.replay_buffer import ReplayBuffer, ReplayBufferError, _progre
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rtdp data", description="Inspect, convert and import/export replay buffers.")
+    p = _Parser(prog="rtdp data", description="Inspect, convert and import/export replay buffers.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    info = sub.add_parser("info", help="episodes, steps, keys, shapes, dtypes, chunks, length histogram")
+    info = sub.add_parser("info", help="episodes, steps, keys, shapes, dtypes, chunks, length histogram; checks "
+                                       "episode and low-dim checksums")
     info.add_argument("path")
-    info.add_argument("--verify", action="store_true", help="also decode every chunk (finds corrupt chunks)")
+    info.add_argument("--verify", action="store_true",
+                      help="also check every image chunk (decode + checksum): finds every corrupt chunk")
     info.add_argument("--json", metavar="OUT", help="also write the summary as JSON (rtdp.metrics schema)")
 
     stats = sub.add_parser("stats", help="per-key min/max/mean/std over all steps (reads every chunk)")
@@ -63,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `CLIError` line (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CLIError(f"{message} (see rtdp data --help)")
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -88,7 +98,7 @@ def summarize(buf: ReplayBuffer) -> dict[str, Any]:
     if buf._root is not None:
         fmt = buf._root.metadata.zarr_format
     return {"path": str(buf.path), "zarr_format": fmt, "episodes": buf.n_episodes, "steps": buf.n_steps,
-            "uncommitted_steps": buf.uncommitted_steps, "keys": keys,
+            "uncommitted_steps": buf.uncommitted_steps, "checksums": buf.checksums, "keys": keys,
             "episode_length": {"min": int(lengths.min()) if len(lengths) else 0,
                                "max": int(lengths.max()) if len(lengths) else 0,
                                "mean": float(lengths.mean()) if len(lengths) else 0.0,
@@ -97,15 +107,21 @@ def summarize(buf: ReplayBuffer) -> dict[str, Any]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    buf = ReplayBuffer.open(args.path, "r")
-    if args.verify:
-        buf.verify(progress=True)
+    buf = ReplayBuffer.open(args.path, "r")  # checks every episode's checksum
+    lowdim = [k for k in buf.keys() if not is_image_shape(tuple(buf[k].shape))]  # noqa: SIM118
+    buf.verify(keys=None if args.verify else lowdim, progress=True)  # low-dim data is small: always
     s = summarize(buf)
     from rich.console import Console
     from rich.table import Table
     console = Console(soft_wrap=True)  # lines carry paths: never break them at the terminal width
     console.print(f"[bold]{s['path']}[/] (zarr v{s['zarr_format']}): {s['episodes']} episodes, {s['steps']} steps"
                   + (" — every chunk decodes" if args.verify else ""))
+    if buf.checksums:
+        console.print(f"checksums: {buf.checksums} per chunk and per episode; episodes and low-dim chunks match"
+                      + (", and every image chunk" if args.verify else " (--verify checks image chunks too)"))
+    else:
+        console.print("[yellow]no checksums: written before rtdp stored them; chunks are checked for presence "
+                      "and decoding only (`rtdp data convert` writes a copy with checksums)[/]")
     if s["uncommitted_steps"]:
         console.print(f"[yellow]{s['uncommitted_steps']} uncommitted steps after the last episode "
                       "(an interrupted append; the next append discards them)[/]")
@@ -182,6 +198,7 @@ def _convert(args: argparse.Namespace) -> int:
         raise CLIError(f"{dst}: already exists (pass --overwrite to replace it)")
     if dst.resolve() == Path(args.src).resolve():
         raise CLIError(f"{dst}: destination is the source")
+    _check_writable(dst)
     tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
     try:
         out = src.save_to(tmp, keys=keys, overwrite=True, image_uint8=args.image_dtype == "uint8", progress=True)
@@ -216,6 +233,7 @@ def _import(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
         raise CLIError(f"{path}: no such file or directory")
+    _check_writable(Path(args.out))
     buf = import_lerobot(path, args.out, repo_id=args.repo_id, rename=_pairs(args.rename, "--rename"),
                          overwrite=args.overwrite, progress=True)
     print(f"wrote {args.out}: {buf.n_episodes} episodes, {buf.n_steps} steps, keys {', '.join(buf.keys())}")
@@ -235,6 +253,10 @@ def _export(args: argparse.Namespace) -> int:
         except ValueError:
             raise CLIError(f"--episodes must be START:STOP, got {args.episodes!r}") from None
         episodes = range(buf.n_episodes)[slice(start, stop)]
+        if len(episodes) == 0:
+            raise CLIError(f"--episodes {args.episodes} selects no episodes ({buf.path} has {buf.n_episodes}: "
+                           f"give START < STOP within 0:{buf.n_episodes})")
+    _check_writable(Path(args.out_dir))
     out = export_lerobot(buf, args.out_dir, fps=args.fps, use_videos=args.images == "video", task=args.task,
                          keys=_split(args.keys), rename=_pairs(args.rename, "--rename"), episodes=episodes,
                          progress=True)
@@ -256,6 +278,17 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
         old, new = item.split("=", 1)
         out[old] = new
     return out
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse before any work when nothing can be created beside `path` (probes with a temporary directory)."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=parent))
+    except OSError as err:
+        raise CLIError(f"{path}: cannot write in {parent} ({err.strerror or err}): pick a writable directory") from None
 
 
 def _write_json(path: str, kind: str, fields: dict[str, Any]) -> None:

@@ -34,6 +34,9 @@ KEYS = {
     "retries": Key("int", 2, min=0, help="remote env retries per request"),
     "spin": Key("float", 0.001, min=0.0, max=0.05, help="busy-wait before each tick, s"),
     "rt": Key("int", 0, min=0, max=99, help="SCHED_FIFO priority of the loop thread (0 = off)"),
+    "keys": Key("str", help="CURVE key folder of `rtdp serve-env keygen=DIR` (a server off loopback)"),
+    "server_key": Key("str", help="the server's public CURVE key file (instead of keys=)"),
+    "client_key": Key("str", help="this client's secret CURVE key file (instead of keys=)"),
 }
 
 
@@ -56,7 +59,8 @@ def make_env(opts: dict[str, Any]):
         from rtdp.hardware.client import RemoteEnv, ServerGone
 
         try:
-            return RemoteEnv(env_id, timeout_s=opts["timeout"], retries=opts["retries"])
+            return RemoteEnv(env_id, timeout_s=opts["timeout"], retries=opts["retries"], keys=opts["keys"],
+                             server_key=opts["server_key"], client_key=opts["client_key"])
         except (ServerGone, ValueError, zmq.ZMQError) as err:
             raise CLIError(f"env={env_id}: {err}; give the address `rtdp serve-env` binds, "
                            "e.g. tcp://127.0.0.1:5555") from None

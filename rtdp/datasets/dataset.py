@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rtdp.datasets.replay_buffer import ReplayBuffer, ReplayBufferError
-from rtdp.datasets.sampler import SequenceSampler, frame_indices, gather, get_val_mask
+from rtdp.datasets.sampler import SequenceSampler, frame_indices, get_val_mask
 from rtdp.normalizer import Normalizer
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         if np.dtype(arr.dtype) == np.uint8:
             return 255.0
         n = self.buffer.n_steps
-        probe = gather(arr, np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64)))
+        probe = self.buffer.gather(source, np.unique(np.linspace(0, n - 1, num=min(n, 8)).astype(np.int64)))
         scale = 255.0 if float(np.max(probe)) > 1.0 else 1.0
         log.info("image key %r is %s with max %.1f on 8 probed frames: dividing by %g",
                  source, arr.dtype, float(np.max(probe)), scale)
@@ -122,7 +122,7 @@ class SequenceDataset(torch.utils.data.Dataset):
             if mode == "identity" and f.image:
                 data[f.name] = np.zeros((1,), np.float32)
                 continue
-            x = self._select_columns(f, gather(self.buffer[f.source], steps)).astype(np.float32)
+            x = self._select_columns(f, self.buffer.gather(f.source, steps)).astype(np.float32)
             data[f.name] = self._image_to_chw(f, x) if f.image else x
         return Normalizer.fit(data, all_modes)
 
@@ -150,7 +150,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         is_pad: dict[str, torch.Tensor] = {}
         for f in self.fields:
             idx, pad = frame_indices(rows, f.frames)
-            x = self._select_columns(f, gather(self.buffer[f.source], idx))
+            x = self._select_columns(f, self.buffer.gather(f.source, idx))
             if f.image:
                 t = self._image_to_chw(f, x)
                 if self.normalizer is not None and f.name in self.normalizer and \

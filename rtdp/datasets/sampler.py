@@ -66,7 +66,8 @@ def frame_indices(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gather(array, idx: np.ndarray) -> np.ndarray:
-    """`array[idx]` for an index array of any shape, for numpy arrays and zarr arrays alike."""
+    """`array[idx]` for an index array of any shape, for numpy arrays and zarr arrays alike (unchecked:
+    read a ReplayBuffer through `ReplayBuffer.gather`, which checks each chunk against its checksum)."""
     if isinstance(array, np.ndarray):
         return array[idx]
     flat = idx.reshape(-1)
@@ -112,7 +113,7 @@ class SequenceSampler:
         data, is_pad = {}, {}
         for key in self.keys:
             idx, pad = frame_indices(rows, self.key_first_k.get(key, self.sequence_length))
-            data[key] = gather(self.buffer[key], idx)
+            data[key] = self.buffer.gather(key, idx)
             is_pad[key] = pad
         return data, is_pad
 

@@ -3,11 +3,15 @@
 Requests follow ZeroMQ's "lazy pirate" pattern: wait `timeout_s` for the reply, and if none comes, close
 the socket, open a fresh one and resend the *same* sequence number, up to `retries` times. The server
 answers a repeated sequence number from its reply cache, so a retried step is never executed twice.
+The server keeps a client's session by its connection; the reset reply carries a secret session token,
+which `RemoteEnv` sends with every later request so that the server can hand the session over to the
+fresh socket of a reconnect (and to nobody without the token).
 """
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -15,6 +19,8 @@ import numpy as np
 import zmq
 
 from rtdp.hardware import protocol as P
+from rtdp.hardware.curve import ClientKeys
+from rtdp.hardware.endpoints import is_loopback
 from rtdp.hardware.spaces import space_from_dict
 
 
@@ -38,13 +44,26 @@ class RemoteEnv(gym.Env):
     """A gymnasium env served by `rtdp serve-env` (or an `EnvServer`) at `address`.
 
     Observation arrays are read-only views of the received network buffers (no copy); copy one before
-    writing into it.
+    writing into it. For a server with CURVE on, pass `server_key` (its `server.key` file or z85 public
+    key) and `client_key` (this client's `NAME.key_secret` file), or `keys` (a key directory:
+    `server.key` + `client.key_secret`), or a loaded `curve.ClientKeys` as `keys`.
     """
 
     def __init__(self, address: str, *, timeout_s: float = 2.0, retries: int = 2,
-                 client_id: str | None = None, context: zmq.Context | None = None):
+                 client_id: str | None = None, context: zmq.Context | None = None,
+                 keys: str | Path | ClientKeys | None = None, server_key: str | bytes | Path | None = None,
+                 client_key: str | Path | None = None):
         self.address, self.timeout_s, self.retries = address, float(timeout_s), int(retries)
-        self.client_id = client_id or uuid.uuid4().hex
+        self.client_id = client_id or uuid.uuid4().hex  # a label for the server's logs; it grants nothing
+        self._session: str | None = None  # the server's secret for this client's session (reset reply)
+        if (server_key is None) != (client_key is None):
+            raise ValueError("CURVE needs both server_key (the server's public key) and client_key "
+                             "(this client's .key_secret file)")
+        if server_key is not None:
+            keys = ClientKeys.load(server_key, client_key)
+        elif keys is not None and not isinstance(keys, ClientKeys):
+            keys = ClientKeys.from_dir(keys)
+        self.keys: ClientKeys | None = keys
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._seq = 0
@@ -65,6 +84,8 @@ class RemoteEnv(gym.Env):
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.keys is not None:
+                self.keys.apply(sock)
             # Blocking receive with a timeout rather than poll-then-receive: one system call fewer per step.
             sock.setsockopt(zmq.RCVTIMEO, max(int(self.timeout_s * 1000), 1))
             sock.connect(self.address)
@@ -80,7 +101,9 @@ class RemoteEnv(gym.Env):
         """Send one request and return its reply, retrying on timeout; raise on an error reply."""
         self._seq += 1
         seq = self._seq
-        payload = {"client": self.client_id}
+        payload: dict[str, Any] = {"client": self.client_id}
+        if self._session is not None:
+            payload["session"] = self._session
         if body:
             payload.update(body)
         frames = P.encode(kind, seq, payload)
@@ -108,9 +131,11 @@ class RemoteEnv(gym.Env):
             self._drop_socket()
             self.reconnects += 1
         self._in_episode = False
+        hint = ("" if self.keys is not None or is_loopback(self.address) else
+                " (a server with CURVE keys drops clients without them: pass keys= or server_key=)")
         raise ServerGone(f"env server at {self.address} did not answer {kind!r} (seq {seq}) within "
                          f"{self.timeout_s:g}s on {self.retries + 1} tries: is `rtdp serve-env` running "
-                         "there and reachable?")
+                         f"there and reachable{hint}?")
 
     def _raise(self, reply: P.Message) -> None:
         code = reply.body.get("code", P.E_INTERNAL)
@@ -134,6 +159,7 @@ class RemoteEnv(gym.Env):
         super().reset(seed=seed)
         reply = self.request(P.RESET, {"seed": seed, "options": options})
         self.server_id = reply.body.get("server", self.server_id)
+        self._session = reply.body.get("session", self._session)
         self._in_episode = True
         self._note_capture()
         return reply.body["obs"], reply.body.get("info", {})

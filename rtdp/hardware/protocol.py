@@ -12,6 +12,7 @@ See docs/protocol.md.
 from __future__ import annotations
 
 import math
+import reprlib
 import struct
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from rtdp.hardware import bounds
+from rtdp.hardware.bounds import DEFAULT_LIMITS, REQUEST_LIMITS, Limits  # noqa: F401 (re-exported)
 
 PROTOCOL_VERSION = 1
 
@@ -34,7 +38,10 @@ E_MALFORMED = "malformed"  # not a message of this protocol (bad envelope, frame
 E_VERSION = "version"  # protocol version mismatch
 E_UNKNOWN_TYPE = "unknown_type"
 E_OVERSIZED = "oversized"
-E_BAD_ACTION = "bad_action"  # action of the wrong dtype or shape for the env's action space
+E_LIMIT = "limit"  # the envelope breaks a decoder bound (size, a length, nesting depth, object count)
+E_BAD_ACTION = "bad_action"  # action of the wrong dtype or shape for the env's action space, or not finite
+E_BAD_OPTIONS = "bad_options"  # reset seed/options that are not finite numbers or plain data
+E_BUSY = "busy"  # every session is active: a new client is refused rather than evicting one
 E_NO_EPISODE = "no_episode"  # step/observe before reset (e.g. after the server restarted)
 E_ENV = "env_error"  # the env raised
 E_INTERNAL = "internal"
@@ -45,6 +52,7 @@ INLINE_MAX_BYTES = 1024  # arrays up to this size ride inside the envelope (see 
 COPY_THRESHOLD = 65536  # messages with a frame at least this large are sent zero-copy
 _ND = "__nd__"
 _PACK_HEADER = struct.Struct("<I")  # packed form: u32 length of each frame before it
+_short = reprlib.Repr(maxstring=40, maxother=40, maxlist=4, maxdict=4, maxlevel=2).repr  # echo no bomb back
 
 
 class ProtocolError(ValueError):
@@ -128,24 +136,33 @@ def _array(spec: Any, bufs: list[memoryview], used: list[int]) -> np.ndarray:
         dtype = _dtype(dtype_s)
         shape = tuple(int(d) for d in shape)
     except Exception:  # noqa: BLE001 - any unpacking failure means a bad spec
-        raise ProtocolError(E_MALFORMED, f"array spec {spec!r} is not [frame, dtype, shape]") from None
-    if dtype.kind not in _WIRE_KINDS or min(shape, default=0) < 0:
-        raise ProtocolError(E_MALFORMED, f"array: dtype {dtype} / shape {list(shape)} not allowed")
+        raise ProtocolError(E_MALFORMED, f"array spec {_short(spec)} is not [frame, dtype, shape]") from None
+    if dtype.kind not in _WIRE_KINDS or len(shape) > 32 or min(shape, default=0) < 0:
+        raise ProtocolError(E_MALFORMED, f"array: dtype {dtype} / shape {_short(list(shape))} not allowed")
     if isinstance(i, bytes):  # a small array inlined in the envelope
         buf = memoryview(i)
     elif isinstance(i, int) and 0 <= i < len(bufs) - 1:
         buf = bufs[i + 1]
         used.append(i)
     else:
-        raise ProtocolError(E_MALFORMED, f"array placeholder names frame {i!r}, message has {len(bufs) - 1}")
+        raise ProtocolError(E_MALFORMED, f"array placeholder names frame {_short(i)}, message has "
+                                         f"{len(bufs) - 1}")
     if math.prod(shape) * dtype.itemsize != buf.nbytes:
         raise ProtocolError(E_MALFORMED, f"array {i}: {dtype}{list(shape)} needs "
                                          f"{math.prod(shape) * dtype.itemsize} bytes, frame has {buf.nbytes}")
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)  # zero-copy, read-only view
+    try:
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)  # zero-copy, read-only view
+    except (ValueError, OverflowError) as err:  # e.g. a zero-size array with a dimension beyond intp
+        raise ProtocolError(E_MALFORMED, f"array {_short(i)}: shape {_short(list(shape))}: {err}") from None
 
 
-def decode(frames: list, max_bytes: int | None = None) -> Message:
-    """Parse and validate the frames of one message; raise ProtocolError (with its reply code) if bad."""
+def decode(frames: list, max_bytes: int | None = None, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Parse and validate the frames of one message; raise ProtocolError (with its reply code) if bad.
+
+    The envelope is checked against `limits` before msgpack builds anything (see `bounds`): its size,
+    then (unless it is too small to break them) its depth and object count, while msgpack itself bounds
+    every string, binary, array and map length at its header.
+    """
     if not frames:
         raise ProtocolError(E_MALFORMED, "empty message")
     bufs = [f.buffer if hasattr(f, "buffer") else memoryview(f) for f in frames]
@@ -154,6 +171,17 @@ def decode(frames: list, max_bytes: int | None = None) -> Message:
         nbytes += b.nbytes
     if max_bytes is not None and nbytes > max_bytes:
         raise ProtocolError(E_OVERSIZED, f"message of {nbytes} bytes exceeds the limit of {max_bytes}")
+    head = bufs[0]
+    if head.nbytes > limits.max_envelope_bytes:
+        raise ProtocolError(E_LIMIT, f"envelope of {head.nbytes} bytes exceeds {limits.max_envelope_bytes}: "
+                                     "send arrays as frames, not inside the envelope")
+    if not bounds.within_by_size(head, limits):
+        try:
+            bounds.check(head, limits)
+        except bounds.LimitExceeded as err:
+            raise ProtocolError(E_LIMIT, f"{err}: the message was refused before decoding") from None
+        except ValueError as err:
+            raise ProtocolError(E_MALFORMED, f"envelope is not msgpack: {err}") from None
     used: list[int] = []
 
     def hook(d: dict) -> Any:
@@ -161,24 +189,29 @@ def decode(frames: list, max_bytes: int | None = None) -> Message:
             return _array(d[_ND], bufs, used)
         return d
 
+    unpack_kw = limits.unpack_kwargs
     try:
-        env = msgpack.unpackb(bufs[0], raw=False, strict_map_key=False, object_hook=hook)
+        env = msgpack.unpackb(head, raw=False, strict_map_key=False, object_hook=hook, **unpack_kw)
     except ProtocolError:
-        _check_version(bufs[0])  # a message of another version is reported as such, not as malformed
+        _check_version(head, unpack_kw)  # a message of another version is reported as such, not as malformed
         raise
+    except ValueError as err:
+        if "exceeds max_" in str(err):
+            raise ProtocolError(E_LIMIT, f"{err}: the message was refused before decoding") from None
+        raise ProtocolError(E_MALFORMED, f"envelope is not msgpack: {_short(str(err))}") from None
     except Exception as err:  # noqa: BLE001 - msgpack raises several unrelated exception types on garbage
-        raise ProtocolError(E_MALFORMED, f"envelope is not msgpack: {err}") from None
+        raise ProtocolError(E_MALFORMED, f"envelope is not msgpack: {_short(str(err))}") from None
     if not isinstance(env, dict) or "v" not in env or "type" not in env:
         raise ProtocolError(E_MALFORMED, "envelope must be a map with 'v' and 'type'")
     _check_version(env)
     mtype, seq = env["type"], env.get("seq", 0)
-    if not isinstance(mtype, str) or not isinstance(seq, int):
+    if not isinstance(mtype, str) or not isinstance(seq, int) or isinstance(seq, bool):
         raise ProtocolError(E_MALFORMED, "envelope 'type' must be a string and 'seq' an integer")
     if mtype not in MESSAGE_TYPES:
-        raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {mtype!r}")
+        raise ProtocolError(E_UNKNOWN_TYPE, f"unknown message type {_short(mtype)}")
     if len(used) != len(bufs) - 1 or (used and sorted(used) != list(range(len(bufs) - 1))):
         raise ProtocolError(E_MALFORMED, f"{len(bufs) - 1} array frames followed the envelope but its "
-                                         f"placeholders name frames {sorted(used)}")
+                                         f"placeholders name frames {_short(sorted(used))}")
     body = env.get("body") or {}
     if not isinstance(body, dict):
         raise ProtocolError(E_MALFORMED, "envelope 'body' must be a map")
@@ -187,16 +220,16 @@ def decode(frames: list, max_bytes: int | None = None) -> Message:
                    version=env["v"], nbytes=nbytes)
 
 
-def _check_version(env: Any) -> None:
+def _check_version(env: Any, unpack_kw: dict[str, int] | None = None) -> None:
     if not isinstance(env, dict):
         try:
-            env = msgpack.unpackb(env, raw=False, strict_map_key=False)
+            env = msgpack.unpackb(env, raw=False, strict_map_key=False, **(unpack_kw or {}))
         except Exception:  # noqa: BLE001 - not msgpack: not a version question
             return
         if not isinstance(env, dict):
             return
     if "v" in env and env["v"] != PROTOCOL_VERSION:
-        raise ProtocolError(E_VERSION, f"protocol version {env['v']!r} not supported (this side speaks "
+        raise ProtocolError(E_VERSION, f"protocol version {_short(env['v'])} not supported (this side speaks "
                                        f"{PROTOCOL_VERSION}): run the same rtdp version on both ends")
 
 

@@ -14,12 +14,17 @@ import zmq
 
 from rtdp.hardware import protocol as P
 
+COMMAND_MAX_BYTES = 1 << 20  # a command is an action: a frame larger than this drops the sender's connection
 
-def _socket(ctx: zmq.Context | None, kind: int, **opts: int) -> zmq.Socket:
+
+def _socket(ctx: zmq.Context | None, kind: int, keys: Any = None, **opts: int) -> zmq.Socket:
+    """A socket with LINGER 0 and `opts`; `keys` (`curve.ServerKeys`/`ClientKeys`) turns CURVE on."""
     sock = (ctx or zmq.Context.instance()).socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     for name, value in opts.items():
         sock.setsockopt(getattr(zmq, name), value)
+    if keys is not None:
+        keys.apply(sock)
     return sock
 
 
@@ -29,8 +34,8 @@ class StatePublisher:
     and, when full, new states are dropped for that subscriber (ZeroMQ PUB semantics)."""
 
     def __init__(self, bind: str, *, conflate: bool = True, hwm: int = 16,
-                 context: zmq.Context | None = None):
-        self._sock = _socket(context, zmq.PUB, **({"CONFLATE": 1} if conflate else {"SNDHWM": hwm}))
+                 context: zmq.Context | None = None, keys: Any = None):
+        self._sock = _socket(context, zmq.PUB, keys, **({"CONFLATE": 1} if conflate else {"SNDHWM": hwm}))
         self._sock.bind(bind)
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.seq = 0
@@ -50,7 +55,8 @@ class _LatestReader:
 
     _sock: zmq.Socket
 
-    def __init__(self) -> None:
+    def __init__(self, limits: P.Limits = P.DEFAULT_LIMITS) -> None:
+        self.limits = limits
         self.latest: P.Message | None = None
         self.received = 0
         self.errors = 0
@@ -67,7 +73,7 @@ class _LatestReader:
             except zmq.Again:
                 break
             try:
-                msg = P.decode(P.unpack(frame))
+                msg = P.decode(P.unpack(frame), limits=self.limits)
             except P.ProtocolError:
                 self.errors += 1
                 continue
@@ -84,10 +90,10 @@ class StateSubscriber(_LatestReader):
     """Subscribe to a StatePublisher; `conflate=True` keeps only the newest state in the queue."""
 
     def __init__(self, connect: str, *, conflate: bool = True, hwm: int = 16,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, keys: Any = None):
         super().__init__()
         opts = {"CONFLATE": 1} if conflate else {"RCVHWM": hwm}
-        self._sock = _socket(context, zmq.SUB, **opts)  # CONFLATE must be set before connect
+        self._sock = _socket(context, zmq.SUB, keys, **opts)  # CONFLATE must be set before connect
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         self._sock.connect(connect)
 
@@ -95,8 +101,8 @@ class StateSubscriber(_LatestReader):
 class CommandSender:
     """Stream commands (e.g. target joint positions) where only the newest one matters."""
 
-    def __init__(self, connect: str, *, context: zmq.Context | None = None):
-        self._sock = _socket(context, zmq.PUSH, CONFLATE=1)
+    def __init__(self, connect: str, *, context: zmq.Context | None = None, keys: Any = None):
+        self._sock = _socket(context, zmq.PUSH, keys, CONFLATE=1)
         self._sock.connect(connect)
         self.seq = 0
 
@@ -116,10 +122,16 @@ class CommandSender:
 
 
 class CommandReceiver(_LatestReader):
-    """The robot side of a command stream: `recv()` gives the newest command, older ones are gone."""
+    """The robot side of a command stream: `recv()` gives the newest command, older ones are gone.
 
-    def __init__(self, bind: str, *, context: zmq.Context | None = None):
-        super().__init__()
-        self._sock = _socket(context, zmq.PULL, CONFLATE=1)
+    Commands come from the network, so they are decoded with `protocol.REQUEST_LIMITS` and frames above
+    `max_bytes` drop the sender's connection; check actions (`finite.find_non_finite`, `SafetyWrapper`)
+    before they reach the robot.
+    """
+
+    def __init__(self, bind: str, *, context: zmq.Context | None = None, keys: Any = None,
+                 max_bytes: int = COMMAND_MAX_BYTES):
+        super().__init__(P.REQUEST_LIMITS)
+        self._sock = _socket(context, zmq.PULL, keys, CONFLATE=1, MAXMSGSIZE=max_bytes)
         self._sock.bind(bind)
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)

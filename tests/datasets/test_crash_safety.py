@@ -173,10 +173,12 @@ def _run_writer_and_kill(path: Path, pause_at: int) -> str:
 
 
 # Episode 3's store writes, in order: img zarr.json (1), 33 img frame chunks (2-34), state zarr.json (35),
-# state chunk (36), episode_ends zarr.json (37, the shape of the commit), episode_ends chunk (38, its value).
+# state chunk (36), the checksums: img (37-38), state (39-40), the episode's (41-42), then episode_ends
+# zarr.json (43, the shape of the commit), episode_ends chunk (44, its value).
 @pytest.mark.parametrize("pause_at,key", [(1, "data/img/zarr.json"), (20, "data/img/c/"),
-                                          (36, "data/state/c/"), (37, "meta/episode_ends/zarr.json"),
-                                          (38, "meta/episode_ends/c/")])
+                                          (36, "data/state/c/"), (38, "meta/chunk_checksums/img/c/"),
+                                          (41, "meta/episode_checksums/zarr.json"),
+                                          (43, "meta/episode_ends/zarr.json"), (44, "meta/episode_ends/c/")])
 def test_sigkill_mid_episode_keeps_earlier_episodes_and_appending_continues(tmp_path, pause_at, key):
     """A real writer process is SIGKILLed while it appends episode 3, just before its `pause_at`-th write."""
     path = tmp_path / "killed.zarr"

@@ -108,15 +108,17 @@ def test_oversized_message_gets_error_reply(server):
     assert server.stats[f"error.{P.E_OVERSIZED}"] == 1
 
 
-def test_repeated_sequence_number_is_answered_from_cache_not_executed_twice(server):
+def test_repeated_request_from_a_fresh_socket_with_the_session_token_is_answered_from_cache(server):
+    """A lazy-pirate retry: same seq and type, sent again from a new connection that presents the token."""
     env = RemoteEnv(server.endpoint)
     env.reset(seed=0)
-    frames = P.encode(P.STEP, 99, {"client": env.client_id, "action": np.ones(2, np.float32)})
+    frames = P.encode(P.STEP, 99, {"session": env._session, "action": np.ones(2, np.float32)})
     raw = [f if isinstance(f, bytes) else f.tobytes() for f in frames]
     first, second = _raw_request(server.endpoint, raw), _raw_request(server.endpoint, raw)
     assert server.stats["steps"] == 1 and server.stats["duplicates"] == 1
     np.testing.assert_array_equal(first.body["obs"]["state"], second.body["obs"]["state"])
     assert first.body["info"]["step"] == second.body["info"]["step"] == 1
+    assert server.stats["handovers"] == 2  # each fresh socket took the session over with the token
     env.close()
 
 
