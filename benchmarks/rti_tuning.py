@@ -26,16 +26,15 @@ from rtdp import metrics
 
 CKPT = {"pusht": "runs/streaming/pusht_sdp_unet", "arm": "runs/bench/train_arm_lift"}
 ENV = {"pusht": ("pusht", 300), "arm": ("arm-lift", 200)}
-STEPS = {"[2,1,0]": [], "[4,2,0]": ["sampler.steps=[4,2,0]"], "[9,4,0]": ["sampler.steps=[9,4,0]"]}
 GRIPPER = {"scale": [], "clip/5": ["sampler.discrete=clip", "sampler.clip_factor=5"]}
 
 
-def candidates(task: str) -> dict[str, list[str]]:
+def candidates(task: str, steps: list[str], grippers: list[str]) -> dict[str, list[str]]:
     """Label -> overrides of every candidate for a task (the gripper handling only where there is a gripper)."""
+    lists = {k: [f"sampler.steps={k}"] for k in steps}
     if task == "pusht":
-        return {f"steps {k}": ["sampler=rti", *v] for k, v in STEPS.items()}
-    return {f"steps {k}, gripper {g}": ["sampler=rti", *v, *gv] for k, v in STEPS.items() if k != "[9,4,0]"
-            for g, gv in GRIPPER.items()}
+        return {f"steps {k}": ["sampler=rti", *v] for k, v in lists.items()}
+    return {f"steps {k}, gripper {g}": ["sampler=rti", *v, *GRIPPER[g]] for k, v in lists.items() for g in grippers}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=300000)
     ap.add_argument("--n-envs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", nargs="+", default=["[2,1,0]", "[4,2,0]"],
+                    help="step lists to try (training levels, at most 3 each for <= 3 NFE per step)")
+    ap.add_argument("--gripper", nargs="+", default=list(GRIPPER), choices=list(GRIPPER))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rti_tuning.json"))
     args = ap.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -56,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = dict(json.loads(out.read_text()).get("tasks", {})) if out.is_file() else {}
     for task in args.tasks:
         env_id, max_steps = ENV[task]
-        rows = {}
-        for label, overrides in candidates(task).items():
+        rows = dict(tasks.get(task, {}).get("candidates", {}))  # earlier candidates on the same seeds stay
+        for label, overrides in candidates(task, args.steps, args.gripper).items():
             t0 = time.perf_counter()
             policy = load_policy(CKPT[task], overrides)
             torch.manual_seed(args.seed)
