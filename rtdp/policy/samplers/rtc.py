@@ -94,7 +94,7 @@ class RTCSampler(Sampler):
     name = "rtc"
 
     def __init__(self, schedule: NoiseSchedule, base: str = "ddim", num_steps: int | None = 10,
-                 variant: str = "guided", prefix_weights: str = "exp", beta: float = 5.0, n_action_steps: int = 8,
+                 variant: str = "guided", prefix_weights: str = "exp", beta: float = 10.0, n_action_steps: int = 8,
                  eta: float = 0.0, n_obs_steps: int = 2):
         if base not in BASES:
             why = NOT_A_BASE.get(base, "not a sampler RTC knows")
