@@ -272,3 +272,13 @@ def test_cli_eval_with_a_delay_writes_the_seams_and_auto_reports_what_it_measure
     assert s["delay_timing"]["calls"] == 12 and s["delay_timing"]["rate_hz"] == 10
     assert {"seam_max", "seam_mean", "inside_max", "inside_mean", "jerk_max", "jerk_mean"} <= set(s["seams"])
     assert (out / "seams.png").stat().st_size > 0 and json.loads((out / "seams.json").read_text())["kind"] == "seams"
+
+
+def test_the_timing_run_counts_cost_per_control_step_under_the_delay_and_keeps_start_ups_apart():
+    from rtdp.envs.timing import time_inference
+
+    sync = time_inference(Scripted(_alternating), "pusht", n_calls=5, obs_mode="keypoints")
+    assert sync["calls"] == 5 and sync["startup_call"]["n"] == 1 and sync["rate_hz"] == 10
+    assert sync["nfe_per_step"] == pytest.approx(3 / 4) and sync["actions_per_call"] == 4
+    late = time_inference(Scripted(_alternating), "pusht", n_calls=5, obs_mode="keypoints", delay=6)
+    assert late["nfe_per_step"] == pytest.approx(3 / 6)  # observed every max(n_exec, d) = 6 steps
