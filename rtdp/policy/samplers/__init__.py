@@ -1,7 +1,6 @@
 """Samplers: how a plan is made from noise (DDPM, DDIM, streaming SDP, RTI warm start, real-time chunking).
-Importing this package
-imports every module in it, so each sampler registers by defining its class; `make_sampler` builds any
-registered sampler from its config node."""
+Importing this package imports every module in it, so each sampler registers by defining its class;
+`make_sampler` builds any registered sampler from its config node."""
 
 from __future__ import annotations
 
