@@ -87,7 +87,7 @@ def run_cell(policy: Any, env_id: str, settings: dict[str, Any], args: argparse.
                    obs_mode=obs_mode, max_steps=settings["max_steps"], progress=False, delay=d, execution=execution)
     s = rec["summary"]
     timing = time_inference(policy, env_id, n_calls=settings["timing_calls"], seed=settings["seed"],
-                            obs_mode=obs_mode, max_steps=settings["max_steps"], delay=d, execution=execution)
+                            obs_mode=obs_mode, delay=d, execution=execution)  # episodes at the task's length
     return {"settings": settings, "sampler": policy.sampler.describe(), **score_summary(rec["episodes"]),
             "seams": s["seams"], "nfe_per_action": s["nfe_per_action"], "vjp_per_action": s.get("vjp_per_action", 0.0),
             "actions_per_plan": s["actions_per_plan"], "timing": timing,

@@ -99,8 +99,9 @@ def main(argv: list[str]) -> int:
         from rtdp.envs.timing import describe_timing, time_inference
 
         try:
+            # episodes at the task's own length: an evaluation's shorter max_steps may end them before a replan
             timing = time_inference(agent, task, n_calls=TIMING_CALLS, seed=args["seed"], obs_mode=obs_mode,
-                                    max_steps=args["max_steps"], env_kwargs=env_kwargs)
+                                    env_kwargs=env_kwargs)
         except (MissingDependencyError, ValueError, TypeError) as err:
             raise CLIError(f"delay=auto: the timing run failed: {err}") from None
         delay = int(timing["delay_steps"])

@@ -143,6 +143,10 @@ def check_delay(agent: Agent, delay: int) -> None:
     """Refuse a delay the agent's plans cannot cover, before anything runs (a diffusion policy knows its horizon
     and executed actions; a sampler with rules of its own, RTC's d ≤ s ≤ H − d, checks them too). Other agents
     are checked as their plans arrive."""
+    if isinstance(delay, bool) or not isinstance(delay, (int, np.integer)):
+        raise ValueError(  # noqa: TRY004 - a bad argument value, reported like the others
+            f"delay={delay!r}: a delay is a number of control steps; for the measured one, time the "
+            "policy first (rtdp.envs.timing.time_inference) and pass its delay_steps")
     if int(delay) < 0:
         raise ValueError(f"delay={delay}: a delay is a number of control steps >= 0")
     horizon, sampler = getattr(agent, "horizon", None), getattr(agent, "sampler", None)

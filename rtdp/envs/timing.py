@@ -63,6 +63,10 @@ def time_inference(agent: Agent, task_id: str, n_calls: int = 12, seed: int = 0,
     try:
         episode = 0
         while len(watch.calls) < n_calls:
+            if episode >= n_calls + 10:  # every episode ended before its second plan: nothing steady to time
+                raise ValueError(f"the timing run on {task_id} saw no plan after an episode's first in {episode} "
+                                 f"episodes: they end before the first plan's {max(delay, 1)}+ actions run out; "
+                                 "allow longer episodes (max_steps)")
             obs, _ = env.reset(seed=seed + episode)
             episode += 1
             watch.reset()

@@ -208,6 +208,8 @@ def test_a_delay_the_plans_cannot_cover_is_refused_with_the_valid_range():
         check_delay(_PolicyLike(), 16)
     with pytest.raises(ValueError, match=r"longer than .*\[0, 7\]"):
         check_delay(_PolicyLike(), 8)
+    with pytest.raises(ValueError, match="time the policy first"):  # the library's delay=auto: measure first
+        evaluate(Scripted(_alternating), "pusht", n_episodes=1, delay="auto", progress=False)
     with pytest.raises(ValueError, match="execution='smooth' is not a scheme"):
         evaluate(Scripted(_alternating), "pusht", n_episodes=1, execution="smooth", progress=False)
 
@@ -282,3 +284,10 @@ def test_the_timing_run_counts_cost_per_control_step_under_the_delay_and_keeps_s
     assert sync["nfe_per_step"] == pytest.approx(3 / 4) and sync["actions_per_call"] == 4
     late = time_inference(Scripted(_alternating), "pusht", n_calls=5, obs_mode="keypoints", delay=6)
     assert late["nfe_per_step"] == pytest.approx(3 / 6)  # observed every max(n_exec, d) = 6 steps
+
+
+def test_a_timing_run_whose_episodes_end_before_a_replan_says_so_instead_of_running_forever():
+    from rtdp.envs.timing import time_inference
+
+    with pytest.raises(ValueError, match="saw no plan after an episode's first"):
+        time_inference(Scripted(_alternating, n_exec=8), "pusht", n_calls=2, obs_mode="keypoints", max_steps=3)
