@@ -54,5 +54,6 @@ def test_the_async_loops_measured_delay_reaches_rtc_with_every_plan():
         assert info["delay_requested"] == ctx.delay  # what the loop said is what the sampler saw
         left = 16 - 1 - ctx.n_executed
         assert info["delay"] == max(0, min(ctx.delay, left))  # clamped to the previous plan's actions left
-        assert info["vjp"] == (4 if left > 0 else 0)  # guided unless the loop ran past the previous plan
+        # guided while the previous plan reaches any position of the new one (the window's past counts)
+        assert info["vjp"] == (4 if ctx.n_executed < 16 else 0)
     assert min(ctx.delay for ctx, _ in later[1:]) >= 3  # >= 60 ms of sleeps at a 20 ms period
