@@ -130,6 +130,8 @@ def check_targets(cells: dict[str, dict[str, Any]], task: str, delays: list[int]
         out["breaks_at"] = {}
         for m in METHODS:
             scored = [(d, score_of(cell(m, d))) for d in delays if cell(m, d) is not None]
+            if not scored:
+                continue  # not run
             below = [d for d, sc in scored if sc is None or sc < 0.95 * ref_score]
             out["breaks_at"][m] = min(below) if below else None  # None: holds over every delay run
     return out
