@@ -1,6 +1,12 @@
 """`rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] [video=N]
-[obs_mode=...] [max_steps=N] [num_threads=N] [overrides ...]`: seeded, vectorised evaluation; writes eval.json,
-eval.png and videos.
+[obs_mode=...] [max_steps=N] [num_threads=N] [delay=0|N|auto] [execution=naive|blend|ensemble] [overrides ...]`:
+seeded, vectorised evaluation; writes eval.json, eval.png, seams.png and videos.
+
+`delay=N` lets the world move while the policy thinks: every plan after the first arrives N control steps after
+its observation and the env keeps executing the earlier plans meanwhile, as an asynchronous robot does
+(`delay=auto`: the policy's inference time at the task's rate, measured first with a short batch-1 timing run
+and reported). `execution` says how overlapping plans are merged: naive switching (the default), LeRobot's
+blending or ACT's temporal ensembling (baselines for `sampler=rtc`; docs/rtc.md).
 
 With `checkpoint=PATH` every other `key=value` is a hydra-style override for the policy (`sampler=ddim
 sampler.num_steps=10`), and the checkpoint's task supplies `task`, `obs_mode` and `max_steps` unless given; with
@@ -12,6 +18,7 @@ on 2 cores thrash).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rtdp.cli.args import Key, parse_keys, parse_value
@@ -19,7 +26,9 @@ from rtdp.cli.collect import check_task
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] "
-         "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [progress=true] [overrides ...]")
+         "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [delay=0|N|auto] [execution=naive|blend|ensemble] "
+         "[progress=true] [overrides ...]")
+TIMING_CALLS = 12  # plans timed for delay=auto, after the start-up call
 KEYS = {
     "task": Key("str", help="the rtdp task id (default: the checkpoint's task)"),
     "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`"),
@@ -33,6 +42,10 @@ KEYS = {
     "max_steps": Key("int", None, min=1, help="episode step limit (default: the task's)"),
     "num_threads": Key("int", None, min=1, help="torch intra-op threads"),
     "progress": Key("bool", True, help="show a progress bar"),
+    "delay": Key("str", "0", help="control steps each plan takes to arrive while the env keeps executing the "
+                 "previous one (an integer >= 0), or auto: measured first at batch 1"),
+    "execution": Key("str", "naive", choices=("naive", "blend", "ensemble"),
+                     help="how overlapping plans are merged: naive switching, LeRobot's blending, ACT's ensembling"),
 }
 
 
@@ -44,6 +57,7 @@ def main(argv: list[str]) -> int:
     checkpoint, agent_name = args["checkpoint"], args["agent"]
     if checkpoint is not None and agent_name is not None:
         raise CLIError("give either agent=expert or checkpoint=PATH, not both")
+    delay = _delay(args["delay"])
     env_cfg = _checkpoint_env(checkpoint)
     # a checkpoint's task config supplies the task, observation mode and episode limit it was trained for
     for key, cfg_key in (("task", "id"), ("obs_mode", "obs_mode"), ("max_steps", "max_steps")):
@@ -78,15 +92,53 @@ def main(argv: list[str]) -> int:
         except (MissingDependencyError, ValueError) as err:
             raise CLIError(str(err)) from None
     from rtdp.envs.evaluate import evaluate
+    from rtdp.envs.execution import check_delay
 
+    timing = None
+    if delay == "auto":  # measure first, then say what was measured
+        from rtdp.envs.timing import describe_timing, time_inference
+
+        try:
+            # episodes at the task's own length: an evaluation's shorter max_steps may end them before a replan
+            timing = time_inference(agent, task, n_calls=TIMING_CALLS, seed=args["seed"], obs_mode=obs_mode,
+                                    env_kwargs=env_kwargs)
+        except (MissingDependencyError, ValueError, TypeError) as err:
+            raise CLIError(f"delay=auto: the timing run failed: {err}") from None
+        delay = int(timing["delay_steps"])
+        measured = f"delay=auto: {describe_timing(timing)}"
+        try:
+            check_delay(agent, delay)
+        except ValueError as err:
+            raise CLIError(f"{measured}, which this policy cannot run: {err}") from None
+        print(f"rtdp eval: {measured}", file=sys.stderr, flush=True)
+        if checkpoint is not None:
+            import torch
+
+            torch.manual_seed(args["seed"])  # the timing run drew noise: delay=auto repeats delay=<measured>
     try:
+        check_delay(agent, delay)
         rec = evaluate(agent, task, n_episodes=args["episodes"], seed=args["seed"], n_envs=args["n_envs"],
                        obs_mode=obs_mode, max_steps=args["max_steps"], n_videos=args["video"],
-                       progress=args["progress"], env_kwargs=env_kwargs, out_dir=out)
+                       progress=args["progress"], env_kwargs=env_kwargs, out_dir=out, delay=delay,
+                       execution=args["execution"], timing=timing)
     except (MissingDependencyError, ValueError, TypeError) as err:
         raise CLIError(str(err)) from None
     print(json.dumps(rec["summary"]))
     return 0
+
+
+def _delay(raw: str) -> int | str:
+    """`delay=`'s value: a number of control steps >= 0, or `auto`."""
+    text = str(raw).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise CLIError(f"delay={raw!r} is not valid: delay takes a number of control steps >= 0 or auto")
+    return value
 
 
 def _checkpoint_env(checkpoint) -> dict:

@@ -5,6 +5,12 @@ wave, and episode i always uses seed `seed + i`, so the figures do not depend on
 episode ends before the others' is reset (so it stays steppable) and masked: its row keeps receiving its
 last observation, its actions are executed but ignored, until the wave ends. A stateful agent therefore
 sees one uninterrupted stream per row and is reset only between waves.
+
+`delay=d` makes the evaluation latency-faithful: every plan after the first arrives d control steps after its
+observation, and the env keeps executing the earlier plans meanwhile, as an asynchronous robot does; `execution`
+picks how overlapping plans are merged (naive switching, LeRobot's blending, ACT's temporal ensembling; see
+`rtdp.envs.execution`). d = 0 with naive switching is synchronous evaluation. Every run reports the seam metric
+(`rtdp.envs.seams`): how much the executed actions jump where a chunk hands over, against inside chunks.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import gymnasium as gym
 import numpy as np
 
 from rtdp import metrics
+from rtdp.envs.execution import DelayedExecutor, check_delay, make_execution
+from rtdp.envs.seams import plot_seams, seam_summary
 from rtdp.obs_window import ObsWindow
-from rtdp.types import Agent, PlanContext
+from rtdp.types import Agent
 
 
 def _make_env(task_id: str, obs_mode: str | None, render_mode: str | None, max_steps: int | None,
@@ -55,17 +63,22 @@ def make_vector_env(task_id: str, n_envs: int = 2, obs_mode: str | None = None, 
 def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_envs: int = 2,
              obs_mode: str | None = None, max_steps: int | None = None, video_dir: str | Path | None = None,
              n_videos: int = 0, progress: bool = True, env_kwargs: dict[str, Any] | None = None,
-             out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run `agent` on episodes `seed … seed+n_episodes-1`; success rate, coverage (PushT), lengths, videos.
+             out_dir: str | Path | None = None, delay: int = 0, execution: str = "naive",
+             timing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run `agent` on episodes `seed … seed+n_episodes-1`; success rate, coverage (PushT), lengths, seams, videos.
 
-    Returns a `rtdp.metrics.record("eval", ...)` dict; with `out_dir` it is also written as `eval.json`
-    beside a plot of per-episode results, and videos (the first `n_videos` episodes) go to `video_dir`
-    (default `out_dir/videos`).
+    `delay` (control steps) and `execution` (naive | blend | ensemble) as in the module docstring; `timing`, the
+    timing run a measured delay came from (`rtdp.envs.timing.time_inference`), is kept in the summary. Returns a
+    `rtdp.metrics.record("eval", ...)` dict; with `out_dir` it is also written as `eval.json` beside a plot of
+    per-episode results and `seams.png` (the first episode's executed actions around its seams), and videos
+    (the first `n_videos` episodes) go to `video_dir` (default `out_dir/videos`).
     """
     from rtdp.envs import check_obs_mode
 
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    make_execution(execution)  # an unknown scheme fails before any env starts
+    check_delay(agent, delay)
     obs_mode = check_obs_mode(task_id, obs_mode)
     n_envs = max(1, min(n_envs, n_episodes))
     if video_dir is None and out_dir is not None and n_videos > 0:
@@ -77,16 +90,21 @@ def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_
     videos: list[str] = []
     t0 = time.perf_counter()
     n_steps = 0
-    nfe_total, n_actions = 0, 0
+    nfe_total, n_actions, vjp_total, calls = 0, 0, 0, 0
+    traces: list[tuple[np.ndarray, list[int]]] = []
+    executor = DelayedExecutor(_Timed(agent), delay, execution)
     try:
         with _progress(progress, n_episodes, task_id) as bar:
             for first in range(0, n_episodes, n_envs):
                 ids = np.arange(first, min(first + n_envs, n_episodes))
-                result, steps, nfe, acts, frames = _run_wave(agent, envs, ids, seed, n_videos)
+                result, steps, frames, wave_traces = _run_wave(agent, envs, ids, seed, n_videos, executor)
                 episodes += result
+                traces += wave_traces
                 n_steps += steps
-                nfe_total += nfe
-                n_actions += acts
+                nfe_total += executor.nfe
+                n_actions += executor.planned
+                vjp_total += executor.vjp
+                calls += executor.calls
                 for i, fr in frames.items():
                     videos.append(str(_write_video(Path(video_dir) / f"episode_{i:03d}.mp4", fr,
                                                    envs.metadata.get("render_fps", 10))))
@@ -102,25 +120,38 @@ def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_
         "steps_per_s": n_steps / wall, "wall_s": wall,
         "nfe_per_action": nfe_total / max(n_actions, 1),
         "agent": type(agent).__name__, "n_obs_steps": int(agent.n_obs_steps),
+        "delay": int(delay), "execution": str(execution),
+        "actions_per_plan": n_actions / max(calls, 1), "plans": calls,
+        "act_s_per_plan": executor.agent.seconds / max(calls, 1),  # batched over the wave's envs: not a robot's latency
+        "seams": seam_summary(traces),
     }
+    if vjp_total:
+        summary["vjp_per_action"] = vjp_total / max(n_actions, 1)
+    if timing is not None:
+        summary["delay_timing"] = timing
     if all("max_coverage" in e for e in episodes):
         summary["mean_max_coverage"] = float(np.mean([e["max_coverage"] for e in episodes]))
     tasks = sorted({e["task"] for e in episodes if "task" in e})
     if len(tasks) > 1:
         summary["success_per_task"] = {t: float(np.mean([e["success"] for e in episodes if e.get("task") == t]))
                                        for t in tasks}
-    rec = metrics.record("eval", summary=summary, episodes=episodes, videos=videos)
+    trace = {"episode": episodes[0]["episode"], "actions": traces[0][0], "seams": traces[0][1]}
+    rec = metrics.record("eval", summary=summary, episodes=episodes, videos=videos, seam_trace=trace)
     if out_dir is not None:
         write_report(rec, out_dir)
     return rec
 
 
-def _run_wave(agent: Agent, envs: gym.vector.VectorEnv, ids: np.ndarray, seed: int, n_videos: int):
-    """One episode per env row (rows beyond `len(ids)` run a throw-away episode and are ignored)."""
+def _run_wave(agent: Agent, envs: gym.vector.VectorEnv, ids: np.ndarray, seed: int, n_videos: int,
+              executor: DelayedExecutor):
+    """One episode per env row (rows beyond `len(ids)` run a throw-away episode and are ignored); every step's
+    action comes from `executor`. Returns the episodes, env steps, video frames and per-episode
+    (executed actions, seam steps)."""
     n = envs.num_envs
     seeds = [int(seed + i) for i in ids] + [int(seed + ids[-1])] * (n - len(ids))
     obs, info = envs.reset(seed=seeds)
     agent.reset()
+    executor.reset()
     win = ObsWindow(agent.n_obs_steps)
     win.start(obs)
     active = np.zeros(n, dtype=bool)
@@ -138,35 +169,30 @@ def _run_wave(agent: Agent, envs: gym.vector.VectorEnv, ids: np.ndarray, seed: i
     frames: dict[int, list[np.ndarray]] = {int(ids[b]): [] for b in range(len(ids)) if record[b]}
     if frames:
         _grab(envs, frames, ids, active, record)
-    steps = nfe = acts = 0
-    ctx = PlanContext()
+    steps = 0
+    executed: list[np.ndarray] = []  # every step's actions [B, Da]; row b's episode is its first lengths[b]
+    t = 0
     while active.any():
-        chunk = agent.act(win.window(), ctx)
-        nfe += int(chunk.nfe)
-        acts += int(chunk.n_exec)
-        exe = np.asarray(chunk.executable)
-        ctx = PlanContext(n_executed=exe.shape[1])  # the whole executable part runs before the next plan
-        for j in range(exe.shape[1]):
-            obs, _, terminated, truncated, info = envs.step(exe[:, j])
-            steps += int(active.sum())
-            lengths[active] += 1
-            success[active] |= np.asarray(info.get("success", np.zeros(n, bool)), dtype=bool)[active]
-            if has_cov:
-                cov = np.asarray(info["coverage"], dtype=float)
-                max_cov[active] = np.maximum(max_cov[active], cov[active])
-            if frames:
-                _grab(envs, frames, ids, active, record)
-            win.push(obs, active)
-            done = np.asarray(terminated) | np.asarray(truncated)
-            active &= ~done
-            if not active.any():
-                break
-            if done.any():
-                # reset finished envs so every env stays steppable; their rows stay masked until the wave ends
-                envs.reset(seed=seeds, options={"reset_mask": done})
-        if not active.any():
-            break
-    out = []
+        action = np.asarray(executor.action(t, win.window))
+        executed.append(action)
+        obs, _, terminated, truncated, info = envs.step(action)
+        t += 1
+        steps += int(active.sum())
+        lengths[active] += 1
+        success[active] |= np.asarray(info.get("success", np.zeros(n, bool)), dtype=bool)[active]
+        if has_cov:
+            cov = np.asarray(info["coverage"], dtype=float)
+            max_cov[active] = np.maximum(max_cov[active], cov[active])
+        if frames:
+            _grab(envs, frames, ids, active, record)
+        win.push(obs, active)
+        done = np.asarray(terminated) | np.asarray(truncated)
+        active &= ~done
+        if active.any() and done.any():
+            # reset finished envs so every env stays steppable; their rows stay masked until the wave ends
+            envs.reset(seed=seeds, options={"reset_mask": done})
+    out, traces = [], []
+    acts = np.stack(executed, axis=1) if executed else np.zeros((n, 0, 0))
     for b, i in enumerate(ids):
         ep = {"episode": int(i), "seed": int(seeds[b]), "success": bool(success[b]), "length": int(lengths[b])}
         if has_cov:
@@ -174,7 +200,29 @@ def _run_wave(agent: Agent, envs: gym.vector.VectorEnv, ids: np.ndarray, seed: i
         if task[b] is not None:
             ep["task"] = task[b]
         out.append(ep)
-    return out, steps, nfe, acts, frames
+        traces.append((acts[b, : lengths[b]], [s for s in executor.boundaries if s < lengths[b]]))
+    return out, steps, frames, traces
+
+
+class _Timed:
+    """An agent whose `act` calls are timed (the evaluator's inference seconds)."""
+
+    def __init__(self, agent: Agent):
+        self.inner, self.seconds = agent, 0.0
+
+    @property
+    def n_obs_steps(self) -> int:
+        return self.inner.n_obs_steps
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def act(self, obs, ctx=None):
+        t0 = time.perf_counter()
+        try:
+            return self.inner.act(obs, ctx)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
 
 def _grab(envs, frames, ids, active, record) -> None:
@@ -225,6 +273,16 @@ def write_report(rec: dict[str, Any], out_dir: str | Path) -> Path:
     ax.set_title(f"{s['task']} ({s['obs_mode']}): {title}")
     metrics.save_figure(fig, out_dir / "eval.png", rec)
     plt.close(fig)
+    trace = rec.get("seam_trace")
+    if trace is not None:
+        seams = s.get("seams", {})
+        plot_seams(trace["actions"], trace["seams"], out_dir / "seams.png",
+                   metrics.record("seams", summary=seams, delay=s.get("delay"), execution=s.get("execution"),
+                                  trace=trace),
+                   title=f"{s['task']}, episode {trace['episode']}: delay {s.get('delay', 0)}, "
+                         f"{s.get('execution', 'naive')} execution; seam max/mean "
+                         f"{seams.get('seam_max', 0):.3g}/{seams.get('seam_mean', 0):.3g}, inside "
+                         f"{seams.get('inside_max', 0):.3g}/{seams.get('inside_mean', 0):.3g}")
     return metrics.write_json(out_dir / "eval.json", rec)
 
 

@@ -113,7 +113,7 @@ def test_raising_a_level_keeps_the_marginal_of_the_forward_process():
 
 def test_bad_sampler_and_schedule_options_are_refused_with_the_known_names():
     ddpm, edm = PolicySpec(DDPMSchedule()), PolicySpec(EDMSchedule())
-    with pytest.raises(ValueError, match="known: ddim, ddpm, rti, rti_renoise, sdp"):
+    with pytest.raises(ValueError, match="known: ddim, ddpm, rtc, rti, rti_renoise, sdp"):
         make_sampler({"name": "euler"}, ddpm)
     with pytest.raises(ValueError, match="num_steps must be in"):
         make_sampler({"name": "ddim", "num_steps": 500}, ddpm)

@@ -34,6 +34,15 @@ class _GridSampler(Sampler):
             call.end()
 
     def _steps(self, call: DenoiserCall, x: Tensor, levels: list, generator) -> Tensor:
+        for k, k_next in pairwise(levels):
+            k_t, k_next_t = batch_level(k, x.shape[0], x.device), batch_level(k_next, x.shape[0], x.device)
+            x0, eps = call.predict(x, k_t)
+            x = self.step(x, k_t, k_next_t, x0, eps, generator)
+        return x
+
+    def step(self, x: Tensor, level: Tensor, level_next: Tensor, x0: Tensor, eps: Tensor, generator) -> Tensor:
+        """The iterate at `level_next` from `x` at `level` and the evaluation's (x̂0, ε̂); a sampler that edits
+        (x̂0, ε̂) between evaluation and step (RTC's guidance and inpainting) calls this."""
         raise NotImplementedError
 
 
@@ -51,14 +60,11 @@ class DDPMSampler(_GridSampler):
         self.num_steps = num_steps or schedule.num_train_steps
         schedule.inference_levels(self.num_steps)  # validates num_steps early
 
-    def _steps(self, call: DenoiserCall, x: Tensor, levels: list[int], generator) -> Tensor:
-        for k, k_next in pairwise(levels):
-            k_t, k_next_t = batch_level(k, x.shape[0], x.device), batch_level(k_next, x.shape[0], x.device)
-            x0, _ = call.predict(x, k_t)
-            noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                     if k_next >= 0 else None)
-            x = self.schedule.ddpm_step(x, k_t, k_next_t, x0, noise)
-        return x
+    def step(self, x: Tensor, level: Tensor, level_next: Tensor, x0: Tensor, eps: Tensor, generator) -> Tensor:
+        """The posterior sample given x̂0 (ε̂ is implied by x and x̂0); fresh noise unless the next level is clean."""
+        noise = (torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                 if int(level_next.max()) >= 0 else None)
+        return self.schedule.ddpm_step(x, level, level_next, x0, noise)
 
     def describe(self) -> dict:
         return {**super().describe(), "num_steps": self.num_steps}
@@ -77,16 +83,12 @@ class DDIMSampler(_GridSampler):
         self.num_steps, self.eta = num_steps, eta
         schedule.inference_levels(num_steps)
 
-    def _steps(self, call: DenoiserCall, x: Tensor, levels: list[float], generator) -> Tensor:
-        for k, k_next in pairwise(levels):
-            k_t, k_next_t = batch_level(k, x.shape[0], x.device), batch_level(k_next, x.shape[0], x.device)
-            x0, eps = call.predict(x, k_t)
-            if self.eta:
-                noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = self.schedule.ddim_step_eta(x0, eps, k_t, k_next_t, self.eta, noise)
-            else:
-                x = self.schedule.ddim_step(x0, eps, k_next_t)
-        return x
+    def step(self, x: Tensor, level: Tensor, level_next: Tensor, x0: Tensor, eps: Tensor, generator) -> Tensor:
+        """x̂0 re-noised along ε̂ to the next level (plus fresh noise for eta > 0)."""
+        if self.eta:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return self.schedule.ddim_step_eta(x0, eps, level, level_next, self.eta, noise)
+        return self.schedule.ddim_step(x0, eps, level_next)
 
     def describe(self) -> dict:
         return {**super().describe(), "num_steps": self.num_steps, "eta": self.eta}
