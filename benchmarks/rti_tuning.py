@@ -26,7 +26,8 @@ from rtdp import metrics
 
 CKPT = {"pusht": "runs/streaming/pusht_sdp_unet", "arm": "runs/bench/train_arm_lift"}
 ENV = {"pusht": ("pusht", 300), "arm": ("arm-lift", 200)}
-GRIPPER = {"scale": [], "clip/5": ["sampler.discrete=clip", "sampler.clip_factor=5"]}
+GRIPPER = {"scale": [], "clip/5": ["sampler.discrete=clip", "sampler.clip_factor=5"],
+           "clip/10": ["sampler.discrete=clip", "sampler.clip_factor=10"]}
 
 
 def candidates(task: str, steps: list[str], grippers: list[str]) -> dict[str, list[str]]:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", nargs="+", default=["[2,1,0]", "[4,2,0]"],
                     help="step lists to try (training levels, at most 3 each for <= 3 NFE per step)")
-    ap.add_argument("--gripper", nargs="+", default=list(GRIPPER), choices=list(GRIPPER))
+    ap.add_argument("--gripper", nargs="+", default=["scale", "clip/5"], choices=list(GRIPPER))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rti_tuning.json"))
     args = ap.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")

@@ -44,3 +44,12 @@ def test_a_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tmp_pa
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == [FILE]
+
+
+def test_collect_into_an_unwritable_directory_is_one_line_and_exit_2(unwritable_dir, tmp_path, capsys):
+    if unwritable_dir is None:
+        pytest.skip("no unwritable directory on this machine")
+    target = unwritable_dir / f"demos-{tmp_path.name}.zarr"
+    assert main(["collect", "task=arm-lift", "episodes=1", f"out={target}", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert str(target) in err and err.count("\n") == 1 and not target.exists()

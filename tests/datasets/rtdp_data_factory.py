@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from pathlib import Path
-
 import numpy as np
 
 
@@ -23,19 +19,3 @@ def assert_episode_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
     assert set(a) == set(b)
     for key, value in a.items():
         np.testing.assert_array_equal(value, b[key], err_msg=key)
-
-
-def unwritable_dir(tmp_path: Path) -> Path | None:
-    """A directory nobody can create files in: mode 0500, or sysfs where root ignores modes (None: no such)."""
-    if os.geteuid() != 0:
-        d = tmp_path / "read-only"
-        d.mkdir()
-        d.chmod(0o500)
-        return d
-    probe = Path("/sys") / f"rtdp-probe-{uuid.uuid4().hex}"
-    try:
-        probe.mkdir()
-    except OSError:
-        return Path("/sys")
-    probe.rmdir()
-    return None

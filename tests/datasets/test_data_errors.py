@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from rtdp_data_factory import make_episode, unwritable_dir
+from rtdp_data_factory import make_episode
 
 from rtdp.cli.main import main
 from rtdp.datasets import ReplayBuffer, ReplayBufferError
@@ -46,8 +46,8 @@ def test_a_truncated_state_chunk_fails_plain_info(tmp_path, capsys):
     _one_line(capsys, "data/state", "chunk 0")
 
 
-def test_create_in_an_unwritable_directory_is_a_replay_buffer_error(tmp_path):
-    ro = unwritable_dir(tmp_path)
+def test_create_in_an_unwritable_directory_is_a_replay_buffer_error(tmp_path, unwritable_dir):
+    ro = unwritable_dir
     if ro is None:
         pytest.skip("no unwritable directory on this machine")
     target = ro / f"new-{tmp_path.name}.zarr"
@@ -58,10 +58,10 @@ def test_create_in_an_unwritable_directory_is_a_replay_buffer_error(tmp_path):
 
 
 @pytest.mark.parametrize("cmd", ["convert", "export-lerobot"])
-def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys, cmd):
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path, capsys, cmd, unwritable_dir):
     src = tmp_path / "b.zarr"
     _store(src)
-    ro = unwritable_dir(tmp_path)
+    ro = unwritable_dir
     if ro is None:
         pytest.skip("no unwritable directory on this machine")
     target = ro / f"out-{tmp_path.name}"

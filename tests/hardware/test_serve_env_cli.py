@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from wire_helpers import LOOPBACK, unwritable_dir
+from wire_helpers import LOOPBACK
 
 from rtdp.cli import serve_env
 from rtdp.cli.main import main
@@ -46,8 +46,8 @@ def test_bad_serve_env_input_is_one_line_and_exit_2(capsys, args, needle):
     _one_line_error(capsys, needle)
 
 
-def test_keygen_refuses_an_unwritable_directory_and_an_existing_name(tmp_path, capsys):
-    ro = unwritable_dir(tmp_path)
+def test_keygen_refuses_an_unwritable_directory_and_an_existing_name(tmp_path, capsys, unwritable_dir):
+    ro = unwritable_dir
     if ro is None:
         pytest.skip("no unwritable directory on this machine")
     target = ro / f"keys-{tmp_path.name}"

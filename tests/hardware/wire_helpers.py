@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,19 +28,3 @@ def spawn_server(bind: str = "tcp://127.0.0.1:*", *args: str, timeout_s: float =
             break
     proc.kill()
     raise RuntimeError(f"serve-env did not start: {proc.stderr.read()}")
-
-
-def unwritable_dir(tmp_path: Path) -> Path | None:
-    """A directory nobody can create files in: mode 0500, or sysfs where root ignores modes (None: no such)."""
-    if os.geteuid() != 0:
-        d = tmp_path / "read-only"
-        d.mkdir()
-        d.chmod(0o500)
-        return d
-    probe = Path("/sys") / f"rtdp-probe-{uuid.uuid4().hex}"
-    try:
-        probe.mkdir()
-    except OSError:
-        return Path("/sys")
-    probe.rmdir()
-    return None
