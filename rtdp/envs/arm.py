@@ -217,6 +217,10 @@ class ArmLiftEnv(gym.Env):
         self.data.ctrl[:6] = self._solve_ik(self._target_pos, self._target_yaw)
         self.data.ctrl[6] = FINGER_OPEN * (1.0 - self._grip) / 2.0  # -1 open ... +1 closed
 
+    def hold_here(self) -> None:
+        """Re-anchor the end-effector target at the hand, so the arm stops where it is (a hold, an e-stop)."""
+        self._target_pos, self._target_yaw = self.tcp_pos(), self.tcp_yaw()
+
     def task_info(self) -> dict[str, Any]:
         """`success` (cube centre above LIFT_HEIGHT) and the cube's height, as `step` reports them."""
         return self._info()
