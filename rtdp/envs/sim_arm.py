@@ -47,7 +47,7 @@ class SimArm(Robot):
 
     name = "sim-arm"
 
-    def __init__(self, control_hz: float = 200.0, physics_hz: float = 1000.0, control: str = "ee_delta",
+    def __init__(self, control_hz: float = 100.0, physics_hz: float = 500.0, control: str = "ee_delta",
                  cameras: int = 0, camera: str = "front", image_size: int = 96, camera_hz: float = 10.0,
                  command_delay_s: float = 0.0, drop_prob: float = 0.0, obs_noise: float = 0.0, seed: int = 0,
                  cube_range: float = 0.12):
