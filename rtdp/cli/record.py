@@ -96,9 +96,7 @@ def main(argv: list[str]) -> int:
     from rtdp.control.teleop import StatusLine, TeleopSession, record_meta
     from rtdp.datasets import ReplayBuffer, ReplayBufferError
     from rtdp.hardware.client import RemoteEnvError, ServerGone
-    from rtdp.hardware.keys import make_keys
-
-    from rtdp.hardware.keys import NoKeys
+    from rtdp.hardware.keys import NoKeys, make_keys
 
     try:
         keys = make_keys(opts["operator"])

@@ -10,6 +10,7 @@ loopback and connect to it, as they would to one on a robot PC.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 from rtdp.cli.args import Key, parse_value
 from rtdp.cli.main import CLIError
 
+log = logging.getLogger(__name__)
 DEVICES = ("scripted", "keyboard", "gamepad", "spacemouse")
 # the bridge's own options among robot.KEY=VALUE for lerobot:<type> (the rest configure LeRobot's robot)
 BRIDGE_KEYS = ("rate_hz", "low", "high", "max_rate", "home", "home_s", "calibrate")
@@ -130,8 +132,8 @@ def _register_all(package: str) -> None:
         if info.ispkg:
             try:
                 importlib.import_module(f"{package}.{info.name}")
-            except Exception:  # noqa: BLE001 - a device needing an SDK that is not installed
-                pass
+            except Exception as err:  # noqa: BLE001 - a device needing an SDK that is not installed
+                log.debug("LeRobot's %s.%s is not importable: %s", package, info.name, err)
 
 
 def _draccus(value: Any) -> str:
@@ -143,7 +145,8 @@ class LocalServer:
 
     def __init__(self, spec: str, driver_args: list[str], server_args: tuple[str, ...] = (),
                  timeout_s: float = 60.0):
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="rtdp-serve-robot-", suffix=".log", delete=False)
+        # the child's log, kept for the error message (a file: a pipe nobody reads would fill and stall it)
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="rtdp-serve-robot-", suffix=".log", delete=False)  # noqa: SIM115
         cmd = [sys.executable, "-c", "import sys; from rtdp.cli.main import main; sys.exit(main(sys.argv[1:]))",
                "serve-robot", f"robot={spec}", "bind=tcp://127.0.0.1:*", *server_args, *driver_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,

@@ -5,8 +5,9 @@ Tick k is due at `t0 + k / hz` (the policy's rate). At each tick the newest robo
 time is at most one robot period old), the device turns it into an action, the action is sent, and the pair is
 kept: `obs[k]` is the observation `action[k]` was made from, as `rtdp collect` records env episodes. Stored per
 tick: the robot's state arrays and camera frames, `action` (the device's label: a scripted device with DART
-noise records its clean action), `timestamp` (the tick, s from the episode start), `obs_timestamp` (the
-observation's capture, same clock) and `frame` (the robot's frame number).
+noise records its clean action), `timestamp` (the tick's due time, s from the episode start: the policy-rate
+grid), `action_timestamp` (when the action was sent: the tick as it happened), `obs_timestamp` (the
+observation's capture, same clock; always before `action_timestamp`) and `frame` (the robot's frame number).
 
 Operator events (`rtdp.hardware.keys.OPERATOR_KEYS`, or a device's buttons) start and stop an episode, discard
 or re-record it, pause, latch or reset the e-stop, and quit. A lost robot server raises `ServerGone` out of
@@ -28,6 +29,7 @@ from rtdp.hardware.robot import Robot, RobotObservation
 from rtdp.hardware.teleop import TeleopDevice
 
 OUTCOMES = ("kept", "discarded", "rerecord", "quit", "estop")
+TIMING_KEYS = ("action", "timestamp", "action_timestamp", "obs_timestamp", "frame")
 
 
 class StatusLine:
@@ -135,10 +137,9 @@ class TeleopSession:
         """One episode, started by the operator (or at once with `auto`), ended by stop, discard, re-record,
         quit, e-stop, success or `max_steps`."""
         ep = Episode(seed)
-        if not self.auto or self.estopped:
-            if self._wait_for_start() == "quit":
-                ep.outcome = "quit"
-                return ep
+        if (not self.auto or self.estopped) and self._wait_for_start() == "quit":
+            ep.outcome = "quit"
+            return ep
         obs = self.robot.reset_to_home(seed) if self.home else self.robot.observe()
         obs = self._with_cameras(obs)
         self.device.reset()
@@ -180,10 +181,11 @@ class TeleopSession:
                 self._show(f"paused at step {k} (p to resume)")
                 continue
             action = self.device.read(obs, chars)
+            t_send = time.perf_counter_ns()
             sent = self.robot.command(action)
             if record:
                 self._keep(ep, obs, self.device.last_label if self.device.last_label is not None else sent,
-                           due, t0)
+                           due, t_send, t0)
             k += 1
             ep.steps = k
             ep.dropped_frames = int(obs.info.get("dropped") or 0) - dropped0
@@ -206,21 +208,22 @@ class TeleopSession:
             obs = self.robot.observe()
         return obs
 
-    def _keep(self, ep: Episode, obs: RobotObservation, action: np.ndarray, due_ns: int, t0_ns: int) -> None:
+    def _keep(self, ep: Episode, obs: RobotObservation, action: np.ndarray, due_ns: int, sent_ns: int,
+              t0_ns: int) -> None:
         if not ep.data:
-            ep.data = {k: [] for k in obs.arrays()} | {"action": [], "timestamp": [], "obs_timestamp": [],
-                                                       "frame": []}
+            ep.data = {k: [] for k in obs.arrays()} | {k: [] for k in TIMING_KEYS}
         arrays = obs.arrays()
         for key in ep.data:
             if key in arrays:
                 ep.data[key].append(np.array(arrays[key]))
-            elif key not in ("action", "timestamp", "obs_timestamp", "frame"):
+            elif key not in TIMING_KEYS:
                 ep.data[key].append(ep.data[key][-1])  # a camera frame missing here: repeat the previous one
         ep.data["action"].append(np.asarray(action, np.float32))
         ep.data["timestamp"].append(np.float64((due_ns - t0_ns) / 1e9))
+        ep.data["action_timestamp"].append(np.float64((sent_ns - t0_ns) / 1e9))
         ep.data["obs_timestamp"].append(np.float64((obs.t_ns - t0_ns) / 1e9))
         ep.data["frame"].append(np.int64(obs.frame))
-        ep.max_obs_age_ms = max(ep.max_obs_age_ms, (due_ns - obs.t_ns) / 1e6)
+        ep.max_obs_age_ms = max(ep.max_obs_age_ms, (sent_ns - obs.t_ns) / 1e6)
 
 
 def record_meta(settings: dict[str, Any]) -> dict[str, Any]:

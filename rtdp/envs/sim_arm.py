@@ -22,7 +22,14 @@ import mujoco
 import numpy as np
 
 from rtdp.envs.arm import STATE_DIM, STATE_LAYOUT, ArmLiftEnv
-from rtdp.hardware.robot import ActionFeature, ArrayFeature, Robot, RobotError, RobotFeatures, RobotObservation
+from rtdp.hardware.robot import (
+    ActionFeature,
+    ArrayFeature,
+    Robot,
+    RobotError,
+    RobotFeatures,
+    RobotObservation,
+)
 
 ENV_FPS = 20  # the rate arm-lift's actions are defined at
 SPIN_S = 0.0003  # busy-wait before each tick (time.sleep alone overshoots by the timer slack)

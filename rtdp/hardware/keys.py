@@ -104,10 +104,8 @@ class TerminalKeys:
             self._saved = None
 
     def __del__(self) -> None:
-        try:
+        if getattr(self, "_saved", None) is not None:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 def make_keys(spec: str) -> KeySource:

@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from rtdp.hardware.robot import ActionFeature, ArrayFeature, Robot, RobotError, RobotFeatures, RobotObservation
+from rtdp.hardware.robot import (
+    ActionFeature,
+    ArrayFeature,
+    Robot,
+    RobotError,
+    RobotFeatures,
+    RobotObservation,
+)
 from rtdp.hardware.teleop import TeleopDevice
 
 

@@ -254,5 +254,5 @@ class Robot(ABC):
         self.connect()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.disconnect()

@@ -42,7 +42,6 @@ class RobotEnv(gym.Env):
     when the robot reports success (as the sim tasks do); `events`: a callable polled every step for operator
     events ("estop", "pause", "resume", "quit"), e.g. `rtdp.hardware.keys.OperatorKeys.poll`."""
 
-    metadata = {"render_modes": []}
 
     def __init__(self, robot: Robot, *, terminate_on_success: bool = True, events: Any = None):
         self.robot = robot
@@ -106,6 +105,9 @@ class RobotEnv(gym.Env):
             self.robot.command(np.asarray(action, np.float32))
         obs = self.robot.observe()
         info = dict(obs.info)
+        if info.get("estop"):  # latched on the robot's side (another client's e-stop button): the episode ends
+            self.estopped = True
+            return self._obs(obs), 0.0, False, True, {**info, "quit": self.quit}
         success = bool(info.get("success", False))
         info["success"], info["paused"] = success, self.paused
         return self._obs(obs), float(success), bool(success and self.terminate_on_success), False, info

@@ -37,7 +37,14 @@ from rtdp.hardware.pubsub import CommandReceiver, StatePublisher
 from rtdp.hardware.robot import Robot, RobotError
 from rtdp.hardware.robot_safety import SafeRobot
 from rtdp.hardware.safety import EStopLatched
-from rtdp.hardware.server import MAX_CLIENT_LABEL, RCVHWM, _curve_user, _RateLimitedLog, _route_key, _split_route
+from rtdp.hardware.server import (
+    MAX_CLIENT_LABEL,
+    RCVHWM,
+    _curve_user,
+    _RateLimitedLog,
+    _route_key,
+    _split_route,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +178,7 @@ class RobotServer:
             try:
                 if not self.robot.estopped:
                     self.robot.hold("shutdown")
-            except Exception:  # noqa: BLE001 - a failing driver must not keep the sockets open
+            except Exception:
                 log.exception("robot did not take the hold at shutdown")
             self.robot.disconnect()
         self._close_sockets()
@@ -192,7 +199,7 @@ class RobotServer:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- state ------------------------------------------------------------------------------------------
@@ -349,7 +356,7 @@ class RobotServer:
                 reply = self._request(_route_key(head), user, msg)
             except P.ProtocolError as err:
                 reply = self._error(seq, err.code, str(err))
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 log.exception("internal error while serving a robot request")
                 reply = self._error(seq, P.E_INTERNAL, f"{type(err).__name__}: {err}")
             self._router.send_multipart(head + reply, copy=P.copy_flag(reply))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -204,7 +204,7 @@ class GamepadDevice(_AxisDevice):
     dimensions; A toggles the gripper; B e-stop, Back discard, Start start/stop (Xbox layout)."""
 
     name = "gamepad"
-    BUTTON_EVENTS = {1: "estop", 6: "discard", 7: "start_stop"}
+    BUTTON_EVENTS: ClassVar[dict[int, str]] = {1: "estop", 6: "discard", 7: "start_stop"}
 
     def connect(self) -> None:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no display needed

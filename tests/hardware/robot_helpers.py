@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -45,7 +46,7 @@ def assert_nothing_unsafe_reached(arm: LoggedSimArm, max_rate: float | None = No
         assert a.shape == (5,) and np.all(np.isfinite(a)), a
         assert np.all(a >= -1.0) and np.all(a <= 1.0), a
     if max_rate is not None:
-        for (t0, a0), (t1, a1) in zip(sent, sent[1:]):
+        for (t0, a0), (t1, a1) in itertools.pairwise(sent):
             if not np.any(a1[:4]):
                 continue  # a hold (zero motion, the gripper kept): stopping is never slewed
             allowed = max_rate * min(t1 - t0 + 0.01, 0.1) + 1e-6  # +10 ms: the log is stamped after the core

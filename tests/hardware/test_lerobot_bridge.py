@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 lerobot_robots = pytest.importorskip("lerobot.robots")
-from lerobot.robots import Robot as LeRobot  # noqa: E402
-from lerobot.robots import RobotConfig  # noqa: E402
-from lerobot.teleoperators import Teleoperator, TeleoperatorConfig  # noqa: E402
+from lerobot.robots import Robot as LeRobot
+from lerobot.robots import RobotConfig
+from lerobot.teleoperators import Teleoperator, TeleoperatorConfig
 
-from rtdp.envs.sim_arm import ACTION_NAMES, STATE_NAMES, SimArm  # noqa: E402
-from rtdp.hardware.lerobot_bridge import LeRobotRobot, LeRobotTeleop  # noqa: E402
-from rtdp.hardware.remote_robot import RemoteRobot  # noqa: E402
-from rtdp.hardware.robot_server import RobotServer  # noqa: E402
+from rtdp.envs.sim_arm import ACTION_NAMES, STATE_NAMES, SimArm
+from rtdp.hardware.lerobot_bridge import LeRobotRobot, LeRobotTeleop
+from rtdp.hardware.remote_robot import RemoteRobot
+from rtdp.hardware.robot_server import RobotServer
 
 
 @RobotConfig.register_subclass("rtdp_test_sim_arm")

@@ -6,8 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtdp.hardware.robot import (ROBOTS, ActionFeature, ArrayFeature, Robot, RobotError, RobotFeatures,
-                                 RobotNotConnected, RobotObservation)
+from rtdp.hardware.robot import (
+    ROBOTS,
+    ActionFeature,
+    ArrayFeature,
+    Robot,
+    RobotError,
+    RobotFeatures,
+    RobotNotConnected,
+    RobotObservation,
+)
 from rtdp.hardware.robot_safety import SafeRobot
 from rtdp.hardware.safety import EStopLatched
 

@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 import zmq
+from robot_helpers import LoggedSimArm, assert_nothing_unsafe_reached, served, wait_for
 
 from rtdp.hardware import protocol as P
 from rtdp.hardware.pubsub import CommandSender
 from rtdp.hardware.remote_robot import RemoteRobot, RobotServerError
-from robot_helpers import LoggedSimArm, assert_nothing_unsafe_reached, served, wait_for
 
 UP = np.array([0, 0, 1, 0, -1], np.float32)
 
@@ -83,7 +83,7 @@ def test_commands_faster_than_the_robot_are_coalesced_and_the_rate_limit_holds(r
 
 
 def test_malformed_messages_on_the_command_stream_are_counted_and_serving_goes_on(rig):
-    arm, srv, client = rig
+    _, srv, client = rig
     raw = zmq.Context.instance().socket(zmq.PUSH)
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(srv.command_endpoint)
@@ -127,7 +127,7 @@ def client_z(srv) -> float:
 
 
 def test_a_second_client_is_refused_and_its_commands_never_reach_the_driver(rig):
-    arm, srv, client = rig
+    arm, srv, _ = rig
     intruder = RemoteRobot(srv.endpoint, timeout_s=1.0, retries=0)
     with pytest.raises(RobotServerError, match="owned by") as err:
         intruder.connect()
