@@ -242,13 +242,14 @@ class SpaceMouseDevice(_AxisDevice):
 
     def connect(self) -> None:
         self._sm = _need("pyspacemouse", "spacemouse")
-        if not self._sm.open():
-            raise TeleopError("device=spacemouse: no SpaceMouse found (plugged in? udev rule for hidraw?)")
+        self._dev = self._sm.open()  # the device (True in older releases), None/False when none is found
+        if not self._dev:
+            raise TeleopError("device=spacemouse: no SpaceMouse found (plugged in? a udev rule for hidraw?)")
         self._right = False
 
     def read(self, obs: RobotObservation | None, keys: str = "") -> np.ndarray:
-        s = self._sm.read()
-        buttons = list(getattr(s, "buttons", []) or [])
+        s = self._dev.read() if hasattr(self._dev, "read") else self._sm.read()
+        buttons = list(getattr(s, "buttons", None) or getattr(s, "button", None) or [])
         right = len(buttons) > 1 and bool(buttons[1])
         if right and not self._right:
             self._events.append("start_stop")
@@ -256,5 +257,8 @@ class SpaceMouseDevice(_AxisDevice):
         return self._compose([s.x, s.y, s.z, s.yaw], bool(buttons and buttons[0]))
 
     def disconnect(self) -> None:
-        if getattr(self, "_sm", None) is not None and hasattr(self._sm, "close"):
+        dev = getattr(self, "_dev", None)
+        if dev is not None and hasattr(dev, "close"):
+            dev.close()
+        elif getattr(self, "_sm", None) is not None and hasattr(self._sm, "close"):
             self._sm.close()
