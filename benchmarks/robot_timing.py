@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rtdp import metrics  # noqa: E402
+from rtdp import metrics
 
 RATES = ((100, 500), (500, 1000))  # (control Hz, physics Hz)
 
