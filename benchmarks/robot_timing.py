@@ -7,6 +7,8 @@ through it against `rtdp eval` on the same policies (the latency-faithful gap).
    DDIM-10 when one is given, else a torch matmul loop of similar cost). Reported:
    - publish rate and jitter: |interval - period| between consecutive published states, from the server's
      send stamps (p50/p99), and as received here; frames the robot made that were never published;
+   Each rate runs with default scheduling and with the server's threads and the physics thread under
+   SCHED_FIFO 50 (`rt=50`, as a robot PC would run it; reported as unavailable without CAP_SYS_NICE).
    - command-to-actuation latency on loopback: client send -> the driver's command call (`command_to_driver`,
      what a bus write would be) and -> the first physics tick that used it (`command_to_physics`, the sim's
      own tick quantisation added), from the server's and the driver's counters.
@@ -72,13 +74,13 @@ class Inference(threading.Thread):
             self.calls += 1
 
 
-def timing(control_hz: int, physics_hz: int, seconds: float, inference: Inference) -> dict:
+def timing(control_hz: int, physics_hz: int, seconds: float, inference: Inference, rt: int = 0) -> dict:
     from rtdp.cli.robots import LocalServer
     from rtdp.hardware.pubsub import StateSubscriber
     from rtdp.hardware.remote_robot import RemoteRobot
 
-    server = LocalServer("sim-arm", [f"robot.control_hz={control_hz}", f"robot.physics_hz={physics_hz}"],
-                         ("max_command_hz=1000", "watchdog_s=1.0"))
+    server = LocalServer("sim-arm", [f"robot.control_hz={control_hz}", f"robot.physics_hz={physics_hz}",
+                                     f"robot.rt={rt}"], ("max_command_hz=1000", "watchdog_s=1.0", f"rt={rt}"))
     try:
         robot = RemoteRobot(server.address)
         robot.connect()
@@ -117,7 +119,8 @@ def timing(control_hz: int, physics_hz: int, seconds: float, inference: Inferenc
     frames_a = np.array(frames)
     lat = status.get("latency_ms", {})
     driver = status.get("driver", {})
-    return {"control_hz": control_hz, "physics_hz": physics_hz, "seconds": seconds,
+    return {"control_hz": control_hz, "physics_hz": physics_hz, "seconds": seconds, "rt": rt,
+            "realtime": (status.get("realtime"), driver.get("realtime")),
             "states_received": int(seqs_a.size), "publish_rate_hz": float(seqs_a.size / seconds),
             "states_lost_between_server_and_here": int(np.sum(np.diff(seqs_a) - 1)),
             "robot_frames_not_published": int(np.sum(np.diff(frames_a) - 1)),
@@ -194,7 +197,7 @@ def main() -> int:
         inference.start()
         try:
             result["inference_load"] = inference.kind
-            result["timing"] = [timing(c, p, args.seconds, inference) for c, p in RATES]
+            result["timing"] = [timing(c, p, args.seconds, inference, rt) for rt in (0, 50) for c, p in RATES]
         finally:
             inference.stop.set()
             inference.join(timeout=30)

@@ -1,4 +1,4 @@
-"""`rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [robot_episodes=20] [robot_minutes=2]
+"""`rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [robot_episodes=20] [robot_minutes=1.5]
 [deploy_episodes=2] [out=runs/demo]`: the main job end to end on the embedded default, rtdp's own MuJoCo arm
 (arm-lift), then the robot path on the same arm running in real time.
 
@@ -33,7 +33,7 @@ from rtdp.cli.args import Key, parse_keys
 from rtdp.cli.main import CLIError
 from rtdp.cli.main import main as rtdp
 
-USAGE = ("rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [robot_episodes=20] [robot_minutes=2] "
+USAGE = ("rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [robot_episodes=20] [robot_minutes=1.5] "
          "[deploy_episodes=2] [out=runs/demo]")
 KEYS = {
     "episodes": Key("int", 50, min=1, help="scripted arm-lift demonstrations to collect"),
@@ -41,7 +41,7 @@ KEYS = {
     "eval_episodes": Key("int", 10, min=1, help="seeded episodes per evaluated sampler"),
     "hz": Key("int", 20, min=1, max=500, help="control rate of the final run"),
     "robot_episodes": Key("int", 20, min=1, help="demonstrations to record on the real-time sim arm"),
-    "robot_minutes": Key("float", 2.0, min=0.05, help="training wall time on the recorded demonstrations"),
+    "robot_minutes": Key("float", 1.5, min=0.05, help="training wall time on the recorded demonstrations"),
     "deploy_episodes": Key("int", 2, min=1, help="rollouts of the deployed policy on the sim arm"),
     "out": Key("str", "runs/demo", help="where everything lands"),
 }

@@ -31,6 +31,8 @@ KEYS = {
     "high": Key("float", help="upper limit of every action dimension (narrows the driver's)"),
     "owner_idle_s": Key("float", 5.0, min=0.0, help="a silent owner may be replaced by another client after this"),
     "keys": Key("str", help="CURVE key directory (rtdp serve-env keygen=DIR); required off loopback"),
+    "rt": Key("int", 0, min=0, max=99, help="SCHED_FIFO priority of the state and command threads (0 = off; "
+                                            "needs CAP_SYS_NICE)"),
     "insecure": Key("bool", False, help="serve a non-loopback address without keys (unauthenticated, in clear)"),
 }
 
@@ -80,7 +82,8 @@ def main(argv: list[str]) -> int:
         stats = serve_robot(driver, opts["bind"], on_ready=ready, state_bind=binds[1], command_bind=binds[2],
                             watchdog_s=opts["watchdog_s"], max_command_hz=opts["max_command_hz"],
                             max_rate=opts["max_rate"], low=opts["low"], high=opts["high"],
-                            owner_idle_s=opts["owner_idle_s"], keys=keys, insecure=opts["insecure"])
+                            owner_idle_s=opts["owner_idle_s"], keys=keys, insecure=opts["insecure"],
+                            realtime_priority=opts["rt"])
     except zmq.ZMQError as err:
         raise CLIError(f"cannot bind {opts['bind']} (or the state/command ports beside it): {err}; pick free "
                        "ports or tcp://127.0.0.1:*") from None

@@ -29,6 +29,7 @@ from rtdp.hardware.robot import (
     RobotError,
     RobotFeatures,
     RobotObservation,
+    set_realtime,
 )
 
 ENV_FPS = 20  # the rate arm-lift's actions are defined at
@@ -57,7 +58,7 @@ class SimArm(Robot):
     def __init__(self, control_hz: float = 100.0, physics_hz: float = 500.0, control: str = "ee_delta",
                  cameras: int = 0, camera: str = "front", image_size: int = 96, camera_hz: float = 10.0,
                  command_delay_s: float = 0.0, drop_prob: float = 0.0, obs_noise: float = 0.0, seed: int = 0,
-                 cube_range: float = 0.12):
+                 cube_range: float = 0.12, rt: int = 0):
         if not 100 <= control_hz <= 500:
             raise ValueError(f"sim-arm control_hz={control_hz:g}: the arm's control rate is 100..500 Hz")
         if physics_hz < 500 or physics_hz < control_hz:
@@ -74,6 +75,8 @@ class SimArm(Robot):
         self.image_size, self.camera_hz = int(image_size), float(camera_hz)
         self.command_delay_s, self.drop_prob, self.obs_noise = float(command_delay_s), float(drop_prob), float(obs_noise)
         self.seed, self.cube_range = int(seed), float(cube_range)
+        self.rt = int(rt)  # SCHED_FIFO priority of the physics thread (0 = off; needs CAP_SYS_NICE)
+        self.realtime = "off"
         self._env: ArmLiftEnv | None = None
         self._lock = threading.Lock()  # guards the MuJoCo data, the command and the delay line
         self._tick = threading.Condition()
@@ -200,7 +203,7 @@ class SimArm(Robot):
         return False
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.counts)
+        out: dict[str, Any] = dict(self.counts) | {"realtime": self.realtime}
         if self.actuation_s:
             lat = np.array(self.actuation_s) * 1e3
             out["command_to_physics_ms"] = {"p50": float(np.percentile(lat, 50)),
@@ -227,6 +230,7 @@ class SimArm(Robot):
             self._tick.notify_all()
 
     def _physics(self) -> None:
+        self.realtime = set_realtime(self.rt)
         period = 1.0 / self.control_hz
         scale = ENV_FPS / self.control_hz if self.control == "ee_delta" else 1.0
         t0 = time.perf_counter()

@@ -12,6 +12,7 @@ signatures. Mistakes fail at import time, not on the robot.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -136,6 +137,17 @@ class RobotObservation:
     def arrays(self) -> dict[str, np.ndarray]:
         """State and camera arrays in one dict, as a policy or a replay buffer sees them."""
         return {**self.state, **self.images}
+
+
+def set_realtime(priority: int) -> str:
+    """Put the calling thread under SCHED_FIFO at `priority` (needs CAP_SYS_NICE); says what it got."""
+    if priority <= 0:
+        return "off"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as err:  # no CAP_SYS_NICE / not Linux
+        return f"unavailable: {err}"
+    return f"SCHED_FIFO {priority}"
 
 
 def _abstract_left(cls: type) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -34,7 +35,7 @@ from rtdp.hardware import curve
 from rtdp.hardware import protocol as P
 from rtdp.hardware.endpoints import check_bind, is_loopback
 from rtdp.hardware.pubsub import CommandReceiver, StatePublisher
-from rtdp.hardware.robot import Robot, RobotError
+from rtdp.hardware.robot import Robot, RobotError, set_realtime
 from rtdp.hardware.robot_safety import SafeRobot
 from rtdp.hardware.safety import EStopLatched
 from rtdp.hardware.server import (
@@ -96,7 +97,8 @@ class RobotServer:
                  max_command_hz: float | None = None, low: Any = None, high: Any = None, max_rate: Any = None,
                  owner_idle_s: float = DEFAULT_OWNER_IDLE_S, keys: str | Path | curve.ServerKeys | None = None,
                  insecure: bool = False, context: zmq.Context | None = None,
-                 limits: P.Limits = P.REQUEST_LIMITS):
+                 limits: P.Limits = P.REQUEST_LIMITS, realtime_priority: int = 0,
+                 switch_interval_s: float | None = 2e-4):
         self.robot = robot if isinstance(robot, SafeRobot) else SafeRobot(robot, low=low, high=high,
                                                                           max_rate=max_rate,
                                                                           watchdog_s=watchdog_s)
@@ -151,6 +153,12 @@ class RobotServer:
         self._pub_t: collections.deque[int] = collections.deque(maxlen=4097)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # SCHED_FIFO for the state and command threads (0 = off; `realtime` says what they got), and a short
+        # GIL switch interval while serving: CPython hands the GIL over every 5 ms by default, which would
+        # hold the state thread's wake-up behind the driver's Python code.
+        self.realtime_priority, self.switch_interval_s = int(realtime_priority), switch_interval_s
+        self.realtime: dict[str, str] = {}
+        self._old_switch: float | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> Self:
@@ -159,6 +167,9 @@ class RobotServer:
             self.robot.connect()
         else:
             self.robot._seed(self.robot.observe())
+        if self.switch_interval_s:
+            self._old_switch = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._old_switch, self.switch_interval_s))
         self._threads = [threading.Thread(target=self._state_loop, name="rtdp-robot-state", daemon=True),
                          threading.Thread(target=self._command_loop, name="rtdp-robot-commands", daemon=True)]
         for t in self._threads:
@@ -170,6 +181,9 @@ class RobotServer:
         for t in self._threads:
             t.join(timeout=5)
         self._threads = []
+        if self._old_switch is not None:
+            sys.setswitchinterval(self._old_switch)
+            self._old_switch = None
 
     def close(self) -> None:
         """Stop serving, leave the robot holding, disconnect it, close the sockets."""
@@ -204,6 +218,7 @@ class RobotServer:
 
     # -- state ------------------------------------------------------------------------------------------
     def _state_loop(self) -> None:
+        self.realtime["state"] = set_realtime(self.realtime_priority)
         last_frame: int | None = None
         assert self.publisher is not None
         while not self._stop.is_set():
@@ -232,6 +247,7 @@ class RobotServer:
 
     # -- commands and requests ----------------------------------------------------------------------------
     def _command_loop(self) -> None:
+        self.realtime["commands"] = set_realtime(self.realtime_priority)
         assert self.receiver is not None
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
@@ -469,7 +485,7 @@ class RobotServer:
                         "refused": dict(self.robot.refused), "driver": self.robot.stats(),
                         "latency_ms": {"command_received": _percentiles(self._lat_recv),
                                        "command_to_driver": _percentiles(self._lat_driver)},
-                        "publish_interval_ms": _percentiles(pub),
+                        "publish_interval_ms": _percentiles(pub), "realtime": dict(self.realtime),
                         "owner": self._owner.label if self._owner else None})
         return out
 
