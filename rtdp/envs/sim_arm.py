@@ -2,9 +2,10 @@
 
 A real arm does not wait for commands: this one steps its physics in a thread, `physics_hz` steps per second
 (≥ 500), and applies the newest command every control tick (`control_hz`, 100–500), whether or not a new one
-came. An `ee_delta` action is a velocity here (its 20 Hz step displacement spread over the ticks of one 20 Hz
-period), so policies trained on `arm-lift` transfer; a command of exactly zero motion is a hold: the arm stops
-where the hand is.
+came. An `ee_delta` action is the env's step displacement spread over one 20 Hz period (`step_s`, the ticks of
+that period move the target at 0.4 m/s x |a|); with no newer command the motion then stops, as the env does
+between steps, so policies trained on `arm-lift` transfer and a late command pauses the arm instead of letting
+it run on. A command of exactly zero motion is a hold: the arm stops where the hand is.
 For tests and benchmarks it can misbehave like hardware: `command_delay_s` (a slow bus), `drop_prob`
 (observations that never come: their frame numbers are skipped), `obs_noise` (Gaussian noise on the state).
 
@@ -58,7 +59,7 @@ class SimArm(Robot):
     def __init__(self, control_hz: float = 100.0, physics_hz: float = 500.0, control: str = "ee_delta",
                  cameras: int = 0, camera: str = "front", image_size: int = 96, camera_hz: float = 10.0,
                  command_delay_s: float = 0.0, drop_prob: float = 0.0, obs_noise: float = 0.0, seed: int = 0,
-                 cube_range: float = 0.12, rt: int = 0):
+                 cube_range: float = 0.12, rt: int = 0, step_s: float = 1.0 / ENV_FPS):
         if not 100 <= control_hz <= 500:
             raise ValueError(f"sim-arm control_hz={control_hz:g}: the arm's control rate is 100..500 Hz")
         if physics_hz < 500 or physics_hz < control_hz:
@@ -76,6 +77,9 @@ class SimArm(Robot):
         self.command_delay_s, self.drop_prob, self.obs_noise = float(command_delay_s), float(drop_prob), float(obs_noise)
         self.seed, self.cube_range = int(seed), float(cube_range)
         self.rt = int(rt)  # SCHED_FIFO priority of the physics thread (0 = off; needs CAP_SYS_NICE)
+        # an ee_delta command moves the arm for this long (0: until the next command), in control ticks
+        self.step_ticks = max(round(step_s * self.control_hz), 1) if step_s > 0 else None
+        self._left = 0
         self.realtime = "off"
         self._env: ArmLiftEnv | None = None
         self._lock = threading.Lock()  # guards the MuJoCo data, the command and the delay line
@@ -249,9 +253,14 @@ class SimArm(Robot):
                 if self._cmd_t is not None:  # first tick that uses this command: it reached the actuators
                     self.actuation_s.append(now - self._cmd_t)
                     self._cmd_t = None
+                    self._left = self.step_ticks or 0
                     if self.control == "ee_delta" and not np.any(self._cmd[:4]):
                         env.hold_here()  # zero motion is a hold: stop where the hand is, not at the target
-                env.apply_action(self._cmd, scale)
+                if self.control == "ee_delta" and self.step_ticks is not None and self._left <= 0:
+                    env.apply_action(np.r_[0.0, 0.0, 0.0, 0.0, self._cmd[4]], scale)  # its step is done
+                else:
+                    env.apply_action(self._cmd, scale)
+                self._left -= 1
                 mujoco.mj_step(env.model, env.data, nstep=self.n_sub)
                 self.counts["ticks"] += 1
                 self._frame += 1

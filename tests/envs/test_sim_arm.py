@@ -25,18 +25,30 @@ def test_it_steps_on_its_own_clock_without_commands():
         assert arm.stats()["commands"] == 0
 
 
-def test_an_ee_delta_command_is_a_velocity_held_until_the_next_one():
+def test_an_ee_delta_command_moves_one_env_step_then_the_arm_waits_for_the_next():
     with SimArm(control_hz=100) as arm:
         z0 = float(arm.reset_to_home(seed=0).state["state"][8])
-        arm.command(UP)  # one command: +0.4 m/s in z, kept by the arm tick after tick
+        arm.command(UP)  # one command: the env's 2 cm step, spread over 50 ms, then it stops
         time.sleep(0.3)
         z1 = float(arm.observe().state["state"][8])
-        assert z1 > z0 + 0.03
+        assert 0.01 < z1 - z0 < 0.03
+        for _ in range(6):  # a command every 50 ms: continuous motion at 0.4 m/s
+            arm.command(UP)
+            time.sleep(0.05)
+        assert float(arm.observe().state["state"][8]) > z1 + 0.06
         arm.command(np.array([0, 0, 0, 0, -1], np.float32))  # zero motion: it stops where it is
         time.sleep(0.1)
         z2 = float(arm.observe().state["state"][8])
         time.sleep(0.2)
         assert abs(float(arm.observe().state["state"][8]) - z2) < 0.003
+
+
+def test_with_step_s_zero_a_command_holds_until_the_next_one():
+    with SimArm(control_hz=100, step_s=0) as arm:
+        z0 = float(arm.reset_to_home(seed=0).state["state"][8])
+        arm.command(UP)  # a velocity kept tick after tick
+        time.sleep(0.3)
+        assert float(arm.observe().state["state"][8]) > z0 + 0.06
 
 
 def test_homing_draws_the_scene_from_the_seed_as_the_env_does():

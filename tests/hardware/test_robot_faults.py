@@ -166,8 +166,7 @@ def test_e_stop_during_motion_latches_until_an_explicit_reset(rig):
         operator.reset_estop()  # only the owner clears it while the robot is owned
     assert client.status()["estop"] is True
     client.reset_estop()
-    client.command(UP)
-    assert wait_for(lambda: client_z(srv) > z0 + 0.01)
+    assert wait_for(lambda: client.command(UP) is not None and client_z(srv) > z0 + 0.01)
     assert_nothing_unsafe_reached(arm, max_rate=20.0)
     operator.disconnect()
 
