@@ -74,4 +74,4 @@ def test_the_demo_runs_end_to_end_on_the_arm(tmp_path):
                  "robot_train/checkpoints/last/model.safetensors", "deploy/metrics.json", "deploy/timing.png",
                  "deploy/rollouts.zarr"):
         assert (tmp_path / path).exists(), path
-    assert "rtdp demo (arm-lift)" in proc.stdout and "deploy sdp on the sim arm" in proc.stdout
+    assert "rtdp demo (arm-lift)" in proc.stdout and "deploy sdp @ sim-arm" in proc.stdout

@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
                   f"{run.get('nfe_per_executed_action', float('nan')):.2f}",
                   f"{lat.get('p50_ms', 0):.1f} / {lat.get('p99_ms', 0):.1f}")
     lat = deploy.get("inference_latency", {})
-    table.add_row("deploy sdp on the sim arm (robot server)", f"{deploy.get('success_rate', float('nan')):.2f}",
+    table.add_row("deploy sdp @ sim-arm", f"{deploy.get('success_rate', float('nan')):.2f}",
                   f"{deploy.get('nfe_per_executed_action', float('nan')):.2f}",
                   f"{lat.get('p50_ms', 0):.1f} / {lat.get('p99_ms', 0):.1f}")
     console.print(table)
