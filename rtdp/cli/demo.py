@@ -1,12 +1,18 @@
-"""`rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [out=runs/demo]`: the main job end to end
-on the embedded default, rtdp's own MuJoCo arm (arm-lift).
+"""`rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [robot_episodes=20] [robot_minutes=1.5]
+[deploy_episodes=2] [out=runs/demo]`: the main job end to end on the embedded default, rtdp's own MuJoCo arm
+(arm-lift), then the robot path on the same arm running in real time.
 
 1. data: `rtdp data info` on the PushT human demonstrations in ../shared (skipped when absent);
 2. collect: scripted-expert demonstrations of arm-lift into a replay buffer (noise-injected, resumable);
 3. train: a CPU-size streaming U-Net (`policy=sdp_unet`) for a few minutes (a finished run is reused);
 4. eval: the same weights with DDIM-10 (Ta=8) and with the streaming sampler (replans every step);
 5. run: the env served over ZeroMQ in another process, the policy in the fixed-rate loop with asynchronous
-   streaming inference; timing metrics and plot.
+   streaming inference; timing metrics and plot;
+6. record: demonstrations on the real-time sim arm (`robot=sim-arm`, behind `rtdp serve-robot`) with the
+   scripted device (the expert, DART noise on what is sent, clean labels recorded);
+7. train: the same streaming U-Net on those recordings, briefly (a finished run is reused);
+8. deploy: that checkpoint drives the arm through the robot server with asynchronous streaming inference,
+   every rollout recorded.
 Each step calls the same subcommand a user would; everything lands under `out`.
 """
 
@@ -27,12 +33,16 @@ from rtdp.cli.args import Key, parse_keys
 from rtdp.cli.main import CLIError
 from rtdp.cli.main import main as rtdp
 
-USAGE = "rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [out=runs/demo]"
+USAGE = ("rtdp demo [episodes=50] [minutes=4] [eval_episodes=10] [hz=20] [robot_episodes=20] [robot_minutes=1.5] "
+         "[deploy_episodes=2] [out=runs/demo]")
 KEYS = {
     "episodes": Key("int", 50, min=1, help="scripted arm-lift demonstrations to collect"),
     "minutes": Key("float", 4.0, min=0.05, help="training wall time"),
     "eval_episodes": Key("int", 10, min=1, help="seeded episodes per evaluated sampler"),
     "hz": Key("int", 20, min=1, max=500, help="control rate of the final run"),
+    "robot_episodes": Key("int", 20, min=1, help="demonstrations to record on the real-time sim arm"),
+    "robot_minutes": Key("float", 1.5, min=0.05, help="training wall time on the recorded demonstrations"),
+    "deploy_episodes": Key("int", 2, min=1, help="rollouts of the deployed policy on the sim arm"),
     "out": Key("str", "runs/demo", help="where everything lands"),
 }
 SHARED_PUSHT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pusht_cchi_v7_replay.zarr"
@@ -66,28 +76,28 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
 
     if SHARED_PUSHT.exists():
-        _step(console, "1/5 data: the PushT human demonstrations", ["data", "info", str(SHARED_PUSHT)])
+        _step(console, "1/8 data: the PushT human demonstrations", ["data", "info", str(SHARED_PUSHT)])
     else:
         console.print(f"[yellow]skipping the PushT data step: {SHARED_PUSHT} not found")
 
     data = out / "arm_lift_dart.zarr"
-    _step(console, "2/5 collect: scripted arm-lift demonstrations (noise-injected, clean labels)",
+    _step(console, "2/8 collect: scripted arm-lift demonstrations (noise-injected, clean labels)",
           ["collect", "task=arm-lift", f"episodes={episodes}", f"out={data}", "seed=0", "action_noise=0.3"])
 
     train_dir = out / "train"
     ckpt = train_dir / "checkpoints" / "last"
     if (ckpt / "model.safetensors").is_file():
-        console.rule("[bold]3/5 train")
+        console.rule("[bold]3/8 train")
         console.print(f"reusing the trained policy in {ckpt} (delete {train_dir} to train again)")
     else:
-        _step(console, f"3/5 train: streaming U-Net, {minutes:g} min on the CPU",
+        _step(console, f"3/8 train: streaming U-Net, {minutes:g} min on the CPU",
               ["train", "policy=sdp_unet", "task=arm_lift", f"task.dataset.path={data.resolve()}",
                f"out_dir={train_dir}", f"training.max_minutes={minutes}", "training.num_steps=1500",
                "training.val_every=500", "training.checkpoint_every=500"])
 
     results = {}
     for name, overrides in (("ddim10", ["sampler=ddim"]), ("sdp", ["sampler=sdp"])):
-        _step(console, f"4/5 eval: {name}, {eval_episodes} seeded episodes",
+        _step(console, f"4/8 eval: {name}, {eval_episodes} seeded episodes",
               ["eval", "task=arm-lift", f"checkpoint={train_dir}", f"episodes={eval_episodes}", "n_envs=2",
                f"out={out / f'eval_{name}'}", *overrides])
         results[name] = _summary(out / f"eval_{name}" / "eval.json")
@@ -96,13 +106,30 @@ def main(argv: list[str]) -> int:
     server = subprocess.Popen([sys.executable, "-m", "rtdp.cli.main", "serve-env", "task=arm-lift",
                                "--bind", f"tcp://127.0.0.1:{port}"], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        _step(console, f"5/5 run: {hz} Hz control loop, async streaming inference, env over ZeroMQ",
+        _step(console, f"5/8 run: {hz} Hz control loop, async streaming inference, env over ZeroMQ",
               ["run", f"checkpoint={train_dir}", f"env=tcp://127.0.0.1:{port}", "task=arm-lift", "mode=async",
                f"hz={hz}", "episodes=2", "max_steps=200", f"out={out / 'run'}", "sampler=sdp"])
     finally:
         server.terminate()
         server.wait(timeout=10)
     run = _summary(out / "run" / "metrics.json")
+
+    robot_data, robot_train = out / "robot_demos.zarr", out / "robot_train"
+    _step(console, f"6/8 record: {args['robot_episodes']} demonstrations on the real-time sim arm, scripted device",
+          ["record", "robot=sim-arm", "device=scripted", f"out={robot_data}", f"episodes={args['robot_episodes']}",
+           "auto=true", "operator=none", "noise=0.3", "seed=1000"])
+    if (robot_train / "checkpoints" / "last" / "model.safetensors").is_file():
+        console.rule("[bold]7/8 train")
+        console.print(f"reusing the trained policy in {robot_train} (delete it to train again)")
+    else:
+        _step(console, f"7/8 train: streaming U-Net on the recordings, {args['robot_minutes']:g} min",
+              ["train", "policy=sdp_unet", "task=arm_lift", f"task.dataset.path={robot_data.resolve()}",
+               f"out_dir={robot_train}", f"training.max_minutes={args['robot_minutes']}",
+               "training.num_steps=1000", "training.val_every=500", "training.checkpoint_every=500"])
+    _step(console, "8/8 deploy: the checkpoint on the sim arm through the robot server, async streaming",
+          ["deploy", f"checkpoint={robot_train}", "robot=sim-arm", "mode=async", f"episodes={args['deploy_episodes']}",
+           f"out={out / 'deploy'}", "operator=none", "sampler=sdp"])
+    deploy = _summary(out / "deploy" / "metrics.json")
 
     table = Table(title=f"rtdp demo (arm-lift), {time.perf_counter() - t0:.0f} s; files under {out}")
     for col in ("", "success", "NFE / action", "inference p50 / p99 (ms)"):
@@ -113,6 +140,10 @@ def main(argv: list[str]) -> int:
     lat = run.get("inference_latency", {})
     table.add_row(f"run sdp @ {hz} Hz async", f"{run.get('success_rate', float('nan')):.2f}",
                   f"{run.get('nfe_per_executed_action', float('nan')):.2f}",
+                  f"{lat.get('p50_ms', 0):.1f} / {lat.get('p99_ms', 0):.1f}")
+    lat = deploy.get("inference_latency", {})
+    table.add_row("deploy sdp @ sim-arm", f"{deploy.get('success_rate', float('nan')):.2f}",
+                  f"{deploy.get('nfe_per_executed_action', float('nan')):.2f}",
                   f"{lat.get('p50_ms', 0):.1f} / {lat.get('p99_ms', 0):.1f}")
     console.print(table)
     console.print(f"deadline misses: {run.get('deadline_misses')}, period error p99: "

@@ -194,21 +194,39 @@ class ArmLiftEnv(gym.Env):
         self._target_pos, self._target_yaw, self._grip = self.tcp_pos(), 0.0, -1.0
         return self._obs(), self._info()
 
-    def step(self, action):
+    def apply_action(self, action, scale: float = 1.0) -> None:
+        """Turn one action into joint and gripper targets (`data.ctrl`) without stepping the physics.
+
+        `scale` is the fraction of a 20 Hz control step the action covers: `rtdp.envs.sim_arm.SimArm` calls it
+        every tick of a faster clock with `scale = 20 / control_hz`, so an `ee_delta` action is a velocity.
+        """
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(5), self.action_space.low,
                     self.action_space.high)
         if self.control == "ee_delta":
             # integrate on the previous target, but never more than 10 cm ahead of the hand (no wind-up
             # when the arm is blocked, e.g. pressing on the table)
             tcp = self.tcp_pos()
-            target = np.clip(self._target_pos + a[:3] * MAX_DELTA_POS, tcp - 0.1, tcp + 0.1)
+            target = np.clip(self._target_pos + a[:3] * MAX_DELTA_POS * scale, tcp - 0.1, tcp + 0.1)
             self._target_pos = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
-            self._target_yaw = float(np.clip(self._target_yaw + a[3] * MAX_DELTA_YAW, -YAW_LIMIT, YAW_LIMIT))
+            self._target_yaw = float(np.clip(self._target_yaw + a[3] * MAX_DELTA_YAW * scale, -YAW_LIMIT,
+                                             YAW_LIMIT))
         else:
-            self._target_pos, self._target_yaw = a[:3].copy(), float(a[3])
+            self._target_pos = np.clip(a[:3], WORKSPACE_LOW, WORKSPACE_HIGH)
+            self._target_yaw = float(np.clip(a[3], -YAW_LIMIT, YAW_LIMIT))
         self._grip = float(a[4])
         self.data.ctrl[:6] = self._solve_ik(self._target_pos, self._target_yaw)
         self.data.ctrl[6] = FINGER_OPEN * (1.0 - self._grip) / 2.0  # -1 open ... +1 closed
+
+    def hold_here(self) -> None:
+        """Re-anchor the end-effector target at the hand, so the arm stops where it is (a hold, an e-stop)."""
+        self._target_pos, self._target_yaw = self.tcp_pos(), self.tcp_yaw()
+
+    def task_info(self) -> dict[str, Any]:
+        """`success` (cube centre above LIFT_HEIGHT) and the cube's height, as `step` reports them."""
+        return self._info()
+
+    def step(self, action):
+        self.apply_action(action)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         info = self._info()
         return self._obs(), float(info["success"]), info["success"], False, info

@@ -40,19 +40,19 @@ class ServerGone(ConnectionError):
     """No reply after every retry: the server is down, unreachable or hung."""
 
 
-class RemoteEnv(gym.Env):
-    """A gymnasium env served by `rtdp serve-env` (or an `EnvServer`) at `address`.
+class RequestClient:
+    """The request side of the protocol: a DEALER socket, lazy-pirate retries, error replies raised.
 
-    Observation arrays are read-only views of the received network buffers (no copy); copy one before
-    writing into it. For a server with CURVE on, pass `server_key` (its `server.key` file or z85 public
-    key) and `client_key` (this client's `NAME.key_secret` file), or `keys` (a key directory:
-    `server.key` + `client.key_secret`), or a loaded `curve.ClientKeys` as `keys`.
+    `RemoteEnv` and `rtdp.hardware.remote_robot.RemoteRobot` both send their requests through it. CURVE: pass
+    `server_key` + `client_key`, or `keys` (a key directory or a loaded `curve.ClientKeys`). `service` names
+    the command that serves `address`, for the message when nothing answers.
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 2.0, retries: int = 2,
-                 client_id: str | None = None, context: zmq.Context | None = None,
-                 keys: str | Path | ClientKeys | None = None, server_key: str | bytes | Path | None = None,
-                 client_key: str | Path | None = None):
+    service = "rtdp serve-env"
+
+    def __init__(self, address: str, *, timeout_s: float = 2.0, retries: int = 2, client_id: str | None = None,
+                 context: zmq.Context | None = None, keys: str | Path | ClientKeys | None = None,
+                 server_key: str | bytes | Path | None = None, client_key: str | Path | None = None):
         self.address, self.timeout_s, self.retries = address, float(timeout_s), int(retries)
         self.client_id = client_id or uuid.uuid4().hex  # a label for the server's logs; it grants nothing
         self._session: str | None = None  # the server's secret for this client's session (reset reply)
@@ -69,15 +69,7 @@ class RemoteEnv(gym.Env):
         self._seq = 0
         self.reconnects = 0
         self.last_timing: dict[str, int] = {}
-        self.last_capture_ns: int | None = None  # when the last observation was taken, in this host's clock
         self.server_id: str | None = None
-        self._in_episode = False
-        info = self.hello()
-        self.observation_space = space_from_dict(info["observation_space"])
-        self.action_space = space_from_dict(info["action_space"])
-        self.metadata = {**info.get("metadata", {}), "render_modes": []}  # rendering stays server-side
-        self.render_mode = None
-        self.server_info = info
 
     # -- transport -------------------------------------------------------------------------------------
     def _connect(self) -> zmq.Socket:
@@ -130,12 +122,48 @@ class RemoteEnv(gym.Env):
             # Lazy pirate: the socket may hold a half-dead connection; a fresh one reconnects cleanly.
             self._drop_socket()
             self.reconnects += 1
-        self._in_episode = False
+        self._gone()
         hint = ("" if self.keys is not None or is_loopback(self.address) else
                 " (a server with CURVE keys drops clients without them: pass keys= or server_key=)")
-        raise ServerGone(f"env server at {self.address} did not answer {kind!r} (seq {seq}) within "
-                         f"{self.timeout_s:g}s on {self.retries + 1} tries: is `rtdp serve-env` running "
-                         f"there and reachable{hint}?")
+        raise ServerGone(f"{self.service.removeprefix('rtdp ')} server at {self.address} did not answer {kind!r} "
+                         f"(seq {seq}) within {self.timeout_s:g}s on {self.retries + 1} tries: is `{self.service}` "
+                         f"running there and reachable{hint}?")
+
+    def _gone(self) -> None:
+        """Called when every retry went unanswered, before `ServerGone` is raised."""
+
+    def _raise(self, reply: P.Message) -> None:
+        code = reply.body.get("code", P.E_INTERNAL)
+        message = reply.body.get("message", "error reply without a message")
+        raise RemoteEnvError(code, f"{self.service.removeprefix('rtdp ')} server at {self.address}: {message}")
+
+
+class RemoteEnv(RequestClient, gym.Env):
+    """A gymnasium env served by `rtdp serve-env` (or an `EnvServer`) at `address`.
+
+    Observation arrays are read-only views of the received network buffers (no copy); copy one before
+    writing into it. For a server with CURVE on, pass `server_key` (its `server.key` file or z85 public
+    key) and `client_key` (this client's `NAME.key_secret` file), or `keys` (a key directory:
+    `server.key` + `client.key_secret`), or a loaded `curve.ClientKeys` as `keys`.
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 2.0, retries: int = 2,
+                 client_id: str | None = None, context: zmq.Context | None = None,
+                 keys: str | Path | ClientKeys | None = None, server_key: str | bytes | Path | None = None,
+                 client_key: str | Path | None = None):
+        RequestClient.__init__(self, address, timeout_s=timeout_s, retries=retries, client_id=client_id,
+                               context=context, keys=keys, server_key=server_key, client_key=client_key)
+        self.last_capture_ns: int | None = None  # when the last observation was taken, in this host's clock
+        self._in_episode = False
+        info = self.hello()
+        self.observation_space = space_from_dict(info["observation_space"])
+        self.action_space = space_from_dict(info["action_space"])
+        self.metadata = {**info.get("metadata", {}), "render_modes": []}  # rendering stays server-side
+        self.render_mode = None
+        self.server_info = info
+
+    def _gone(self) -> None:
+        self._in_episode = False
 
     def _raise(self, reply: P.Message) -> None:
         code = reply.body.get("code", P.E_INTERNAL)

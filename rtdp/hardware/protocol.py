@@ -31,7 +31,10 @@ HELLO, INFO = "hello", "info"
 RESET, STEP, OBSERVE, CLOSE = "reset", "step", "observe", "close"
 COMMAND, STATE = "command", "state"
 ERROR = "error"
-MESSAGE_TYPES = frozenset({HELLO, INFO, RESET, STEP, OBSERVE, CLOSE, COMMAND, STATE, ERROR})
+# Robot server requests (`rtdp serve-robot`): take/give up ownership, home, status, e-stop latch and reset.
+CONNECT, RELEASE, HOME, STATUS, ESTOP, RESET_ESTOP = "connect", "release", "home", "status", "estop", "reset_estop"
+ROBOT_REQUESTS = frozenset({HELLO, CONNECT, RELEASE, HOME, STATUS, ESTOP, RESET_ESTOP})
+MESSAGE_TYPES = frozenset({HELLO, INFO, RESET, STEP, OBSERVE, CLOSE, COMMAND, STATE, ERROR} | ROBOT_REQUESTS)
 
 # Error codes carried by an "error" reply's body["code"].
 E_MALFORMED = "malformed"  # not a message of this protocol (bad envelope, frame count, array sizes)
@@ -44,6 +47,9 @@ E_BAD_OPTIONS = "bad_options"  # reset seed/options that are not finite numbers 
 E_BUSY = "busy"  # every session is active: a new client is refused rather than evicting one
 E_NO_EPISODE = "no_episode"  # step/observe before reset (e.g. after the server restarted)
 E_ENV = "env_error"  # the env raised
+E_NOT_OWNER = "not_owner"  # a robot request that needs the owner's token, from another client
+E_ESTOP = "estop"  # the robot's e-stop is latched: reset it first
+E_ROBOT = "robot_error"  # the robot driver raised
 E_INTERNAL = "internal"
 
 # Array dtypes allowed on the wire: plain numbers only (no object/void dtypes that could smuggle code).

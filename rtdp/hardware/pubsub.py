@@ -135,3 +135,33 @@ class CommandReceiver(_LatestReader):
         self._sock = _socket(context, zmq.PULL, keys, CONFLATE=1, MAXMSGSIZE=max_bytes)
         self._sock.bind(bind)
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._errors: list[P.ProtocolError] = []
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The PULL socket, for a caller's `zmq.Poller`."""
+        return self._sock
+
+    def drain(self) -> list[P.Message]:
+        """Every command queued now, oldest first, decoded (at most one per sender: CONFLATE keeps each
+        connection's newest). Undecodable ones are counted in `errors` and kept for `take_errors()`."""
+        out: list[P.Message] = []
+        while True:
+            try:
+                frame = self._sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return out
+            try:
+                out.append(P.decode(P.unpack(frame), limits=self.limits))
+            except P.ProtocolError as err:
+                self.errors += 1
+                if len(self._errors) < 64:
+                    self._errors.append(err)
+                continue
+            self.received += 1
+            self.latest = out[-1]
+
+    def take_errors(self) -> list[P.ProtocolError]:
+        """The decode errors `drain` met since the last call."""
+        errors, self._errors = self._errors, []
+        return errors

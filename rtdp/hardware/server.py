@@ -102,8 +102,8 @@ def _route_key(head: list) -> bytes:
 class _RateLimitedLog:
     """At most one warning per error code per second; the rest are counted and summarised in the next one."""
 
-    def __init__(self, interval_s: float = 1.0):
-        self.interval_s = interval_s
+    def __init__(self, interval_s: float = 1.0, what: str = "error reply"):
+        self.interval_s, self.what = interval_s, what
         self._last: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
 
@@ -114,7 +114,7 @@ class _RateLimitedLog:
             return
         more = self._suppressed.pop(code, 0)
         self._last[code] = now
-        log.warning("error reply (%s): %s%s", code, message,
+        log.warning("%s (%s): %s%s", self.what, code, message,
                     f" (+{more} more '{code}' replies in the last {self.interval_s:g}s)" if more else "")
 
 
