@@ -1,6 +1,6 @@
 """`rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] [video=N]
-[obs_mode=...] [max_steps=N] [num_threads=N] [overrides ...]`: seeded, vectorised evaluation; writes eval.json,
-eval.png and videos.
+[obs_mode=...] [max_steps=N] [num_threads=N] [backend=...] [overrides ...]`: seeded, vectorised evaluation;
+writes eval.json, eval.png and videos.
 
 With `checkpoint=PATH` every other `key=value` is a hydra-style override for the policy (`sampler=ddim
 sampler.num_steps=10`), and the checkpoint's task supplies `task`, `obs_mode` and `max_steps` unless given; with
@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtdp.cli.args import Key, parse_keys, parse_value
+from rtdp.cli.args import BACKEND_HELP, BACKENDS, Key, parse_keys, parse_value
 from rtdp.cli.collect import check_task
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] "
-         "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [progress=true] [overrides ...]")
+         "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [progress=true] [backend=auto|eager|onnx|cuda_graph] "
+         "[overrides ...]")
 KEYS = {
     "task": Key("str", help="the rtdp task id (default: the checkpoint's task)"),
     "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`"),
@@ -33,6 +34,7 @@ KEYS = {
     "max_steps": Key("int", None, min=1, help="episode step limit (default: the task's)"),
     "num_threads": Key("int", None, min=1, help="torch intra-op threads"),
     "progress": Key("bool", True, help="show a progress bar"),
+    "backend": Key("str", "auto", choices=BACKENDS, help=BACKEND_HELP),
 }
 
 
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> int:
         if args["num_threads"] is not None:
             torch.set_num_threads(args["num_threads"])
         try:
-            agent = load_policy(path, rest)
+            agent = load_policy(path, rest, backend=args["backend"])
         except (ValueError, KeyError, FileNotFoundError) as err:
             raise CLIError(f"cannot load {path}: {err}") from None
         torch.manual_seed(args["seed"])  # the sampler's noise: the same command gives the same figures
