@@ -120,13 +120,18 @@ class DiffusionPolicy(nn.Module):
 
     def act(self, obs: Mapping[str, np.ndarray], ctx: PlanContext | None = None) -> ActionChunk:
         """Observation windows `[B, To, ...]` -> unnormalised action chunk (see the module docstring)."""
+        # switching modes walks every submodule (milliseconds at batch 1, a whole evaluation's worth on a fast
+        # backend), so a policy already in eval mode (its top level and direct children) is left as it is
         was_training = self.training
-        self.eval()
+        switch = was_training or any(m.training for m in self.children())
+        if switch:
+            self.eval()
         try:
             plan = self.plan_chunk(self.prepare_obs(obs), ctx)
             actions = self.unnormalize_action(plan.actions)
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
         return ActionChunk(actions=actions.cpu().numpy(), start=int(plan.start), n_exec=int(plan.n_exec),
                            dt=1.0 / self.fps, nfe=int(plan.nfe), info=dict(plan.info))
 

@@ -74,10 +74,20 @@ class GraphShapes:
         return out
 
 
-def weights_version(module: nn.Module) -> int:
-    """A counter that moves whenever a parameter or buffer of `module` is written in place (loading weights,
-    an optimiser step), read off torch's tensor version counters: cheap enough to check once per plan."""
-    return sum(t._version for t in module.parameters()) + sum(t._version for t in module.buffers())
+class WeightsWatch:
+    """Notices when a module's parameters or buffers are written in place (loading weights, an optimiser step)
+    from torch's tensor version counters; the tensors are listed once, so a check costs microseconds."""
+
+    def __init__(self, module: nn.Module):
+        self.tensors = [*module.parameters(), *module.buffers()]
+        self.version = self._sum()
+
+    def _sum(self) -> int:
+        return sum(t._version for t in self.tensors)
+
+    def changed(self) -> bool:
+        """Whether any tensor was written since this watch was made."""
+        return self._sum() != self.version
 
 
 class Backend(ABC):

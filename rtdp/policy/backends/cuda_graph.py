@@ -22,9 +22,9 @@ from rtdp.policy.backends.base import (
     Forward,
     GraphShapes,
     Tolerance,
+    WeightsWatch,
     as_position_levels,
     log,
-    weights_version,
 )
 from rtdp.policy.call import DenoiserCall
 
@@ -82,7 +82,7 @@ class CudaGraphBackend(Backend):
             self.precision = self._choose_precision(precision)
             for batch in batches:
                 self.graph(batch)
-        self._weights_version = weights_version(denoiser)
+        self._watch = WeightsWatch(denoiser)
 
     @property
     def tolerance(self) -> Tolerance:  # type: ignore[override]
@@ -152,7 +152,7 @@ class CudaGraphBackend(Backend):
             return f"the policy runs on {call.device}, the graphs were captured on {self.device}"
         if not isinstance(call.cond, Tensor) or tuple(call.cond.shape[1:]) != tuple(self.shapes.cond_shape):
             return f"the conditioning differs from the graphs' [B, {self.shapes.cond_shape}]"
-        if weights_version(self.denoiser) != self._weights_version:
+        if self._watch.changed():
             # the graphs read the parameters in place, so new values reach them; recapture anyway to re-check
             log.warning("rtdp: backend=cuda_graph: the denoiser's weights changed; recapturing its graphs")
             batches = tuple(self._graphs)
@@ -160,7 +160,7 @@ class CudaGraphBackend(Backend):
             with torch.no_grad():
                 for batch in batches:
                     self.graph(batch)
-            self._weights_version = weights_version(self.denoiser)
+            self._watch = WeightsWatch(self.denoiser)
         return None
 
     def forward_for(self, call: DenoiserCall) -> Forward:
