@@ -285,7 +285,7 @@ class OnnxBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "graph": str(self.graph_path), "check": self.meta.get("check"),
-                "versions": self.meta.get("versions"), "spin": self.spin}
+                "export_s": self.meta.get("export_s"), "versions": self.meta.get("versions"), "spin": self.spin}
 
 
 class OnnxForward:
