@@ -386,6 +386,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
             ax.bar(x + i * width, [lat[prefix + n]["p50_ms"] for n in names], width, label=f"{k} p50")
             ax.axhline(rec["results"][k]["floor_ms"][floor], ls=":", color=f"C{i}", label=f"floor ({k})")
         ax.set_xticks(x + width * (len(keys) - 1) / 2, names)
+        ax.set_yscale("log")  # a thrashing 2-thread torch and a floor of ~1 ms share the axis
         ax.set_title(title)
         ax.legend(fontsize=7)
     ax = axes[2]
@@ -395,6 +396,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
         lat = rec["results"][k]["latency"]
         ax.bar(x + i * width, [lat[n]["p99_ms"] for n in names], width, label=f"{k} p99")
     ax.set_xticks(x + width * (len(keys) - 1) / 2, [n.split("/")[1] for n in names])
+    ax.set_yscale("log")
     ax.set_title("SDP per control step, batch 1: p99 (ms)")
     ax.legend(fontsize=7)
     fig.suptitle(f"CPU inference backends (load average {rec['loadavg_after'][0]:.1f} on "

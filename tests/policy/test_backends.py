@@ -231,6 +231,19 @@ def test_unknown_backends_are_refused_and_auto_is_eager_on_the_cpu():
     assert BACKENDS == backends.NAMES
 
 
+def test_auto_leaves_the_policy_eager_with_one_line_where_its_backend_cannot_be_built(built, monkeypatch, caplog):
+    policy = tiny_policy(built)
+    monkeypatch.setattr(backends, "resolve", lambda name, device: "cuda_graph")  # as on a GPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # ... whose device is gone
+    with caplog.at_level(logging.WARNING, logger="rtdp.policy.backends"):
+        assert use_backend(policy, "auto") is None and policy.backend is None
+    assert [r.getMessage() for r in caplog.records] == [
+        ("rtdp: backend=auto: backend=cuda_graph needs a CUDA device and none is visible; use backend=eager or "
+         "onnx; running eager")]
+    with pytest.raises(BackendError, match="needs a CUDA device"):  # asked for by name, it is an error
+        use_backend(policy, "cuda_graph")
+
+
 # --------------------------------------------------------------------------------------------- policies
 class CountingHook(CallHook):
     def __init__(self):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from rtdp.policy.backends.base import Backend, BackendError, GraphShapes, Tolerance
+from rtdp.policy.backends.base import Backend, BackendError, GraphShapes, Tolerance, log
 
 NAMES = ("auto", "eager", "onnx", "cuda_graph")
 
@@ -53,10 +53,21 @@ def graph_shapes(policy: Any) -> GraphShapes:
 
 def make_backend(name: str, policy: Any, cache_dir: str | Path | None = None, **options: Any) -> Backend | None:
     """The backend `name` for `policy`'s denoiser (None for eager). ONNX graphs are cached in `cache_dir`
-    (default `<checkpoint>/backends` for a loaded policy, else the user cache)."""
-    name = resolve(name, policy.device)
-    if name == "eager":
+    (default `<checkpoint>/backends` for a loaded policy, else the user cache). `auto` never fails: where the
+    backend it picks cannot be built it says why in one line and leaves the policy eager."""
+    chosen = resolve(name, policy.device)
+    if chosen == "eager":
         return None
+    if name == "auto":
+        try:
+            return _build(chosen, policy, cache_dir, options)
+        except BackendError as err:
+            log.warning("rtdp: backend=auto: %s; running eager", err)
+            return None
+    return _build(chosen, policy, cache_dir, options)
+
+
+def _build(name: str, policy: Any, cache_dir: str | Path | None, options: dict[str, Any]) -> Backend:
     shapes = graph_shapes(policy)
     if name == "onnx":
         from rtdp.policy.backends.onnx import OnnxBackend
