@@ -162,6 +162,14 @@ def test_a_stale_graph_is_rebuilt_when_the_weights_change(built, tmp_path):
     assert (ref - stale).abs().max() > 1e-2  # the old graph would have been wrong
 
 
+def test_the_key_sees_settings_the_module_tree_does_not_show():
+    causal = TransformerDenoiser(DA, DC, TO, 10, n_layers=1, dim=32, causal=True)
+    free = TransformerDenoiser(DA, DC, TO, 10, n_layers=1, dim=32, causal=False)
+    free.load_state_dict(causal.state_dict())
+    assert repr(causal) == repr(free)
+    assert onnx_backend.structure_of(causal) != onnx_backend.structure_of(free)
+
+
 def test_a_graph_that_misses_eager_is_refused(built, tmp_path, monkeypatch):
     wrong = built["unet1d"].graph_path.read_bytes()  # the graph of other weights
     monkeypatch.setattr(onnx_backend, "export", lambda *a: wrong)

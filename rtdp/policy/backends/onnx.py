@@ -134,6 +134,16 @@ def export(denoiser: nn.Module, shapes: GraphShapes) -> bytes:
     return program.model_proto.SerializeToString()
 
 
+def structure_of(module: nn.Module) -> str:
+    """The module tree (`repr`) and every submodule's plain settings (flags such as the transformer's `causal`
+    that `repr` does not show), as text for the cache key."""
+    plain = (bool, int, float, str, tuple)
+    settings = {name: {k: v for k, v in sorted(vars(m).items())
+                       if not k.startswith("_") and k != "training" and isinstance(v, plain)}
+                for name, m in module.named_modules()}
+    return repr(module) + repr(settings)
+
+
 class OnnxBackend(Backend):
     """The denoiser as a cached, eager-checked ONNX graph run by ONNX Runtime (CPU, float32)."""
 
@@ -163,10 +173,9 @@ class OnnxBackend(Backend):
 
     def key_parts(self) -> dict[str, Any]:
         """Everything the graph depends on: weights, denoiser class and module tree, shapes, versions."""
-        structure = repr(self.denoiser).encode()
         return {"backend": self.name, "opset": OPSET, "rewrites": list(REWRITES),
                 "denoiser": type(self.denoiser).__qualname__,
-                "structure": hashlib.sha256(structure).hexdigest(),
+                "structure": hashlib.sha256(structure_of(self.denoiser).encode()).hexdigest(),
                 "weights": graph_cache.weights_digest(self.denoiser),
                 "shapes": {"horizon": self.shapes.horizon, "action_dim": self.shapes.action_dim,
                            "cond_shape": list(self.shapes.cond_shape)},
@@ -217,7 +226,11 @@ class OnnxBackend(Backend):
                                "backend=eager")
         meta = {"key": key, **{k: v for k, v in parts.items()}, "check": check, "export_s": round(export_s, 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        path = graph_cache.store(self.cache_dir, stem, graph, meta)
+        try:
+            path = graph_cache.store(self.cache_dir, stem, graph, meta)
+        except OSError as err:  # a full disk or a directory gone: the checked graph still serves this process
+            path = graph_cache.paths(self.cache_dir, stem)[0]
+            log.warning("rtdp: backend=onnx: cannot cache the graph at %s (%s); using it uncached", path, err)
         self._use(graph, meta, path, session)
 
     def _use(self, graph: bytes, meta: dict[str, Any], path: Path, session: Any) -> None:
