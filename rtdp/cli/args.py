@@ -65,6 +65,12 @@ class Key:
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
+# the `backend=` key of the commands that load a policy (the names of rtdp.policy.backends, kept here so the
+# torch-free commands can share this module)
+BACKENDS = ("auto", "eager", "onnx", "cuda_graph")
+BACKEND_HELP = ("who evaluates the denoiser: eager (torch), onnx (ONNX Runtime on the CPU; pip install "
+                "'rtdp[onnx]'), cuda_graph (CUDA graphs, with device=cuda), auto (cuda_graph on a GPU, else eager)")
+
 
 def convert(key: str, raw: str, spec: Key) -> Any:
     """`raw` as `spec` says, or a CLIError naming the key, the value and what it takes."""

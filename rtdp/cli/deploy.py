@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rtdp.cli.args import Key, parse_keys
+from rtdp.cli.args import BACKEND_HELP, BACKENDS, Key, parse_keys
 from rtdp.cli.main import CLIError
 from rtdp.cli.robots import CLIENT_KEYS, connect_robot, is_address
 
@@ -38,6 +38,7 @@ KEYS = {
                     help="where operator keys come from (auto: the terminal if stdin is one)"),
     "spin": Key("float", 0.001, min=0.0, max=0.05, help="busy-wait before each tick, s"),
     "rt": Key("int", 0, min=0, max=99, help="SCHED_FIFO priority of the loop thread (0 = off)"),
+    "backend": Key("str", "auto", choices=BACKENDS, help=BACKEND_HELP),
     "num_threads": Key("int", 1, min=1, max=256, help="torch intra-op threads for the policy"),
     **CLIENT_KEYS,
 }
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(opts["num_threads"])
     try:
-        policy = load_policy(opts["checkpoint"], overrides)
+        policy = load_policy(opts["checkpoint"], overrides, backend=opts["backend"])
     except Exception as err:  # noqa: BLE001 - any load failure is reported as one line
         raise CLIError(f"cannot load checkpoint {opts['checkpoint']} with {overrides}: {err}") from None
     hz = opts["hz"] or float(policy.fps)

@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -187,9 +188,12 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 
 
 def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | torch.device | None = None,
-                ema: bool = True):
+                ema: bool = True, backend: str = "auto", backend_options: Mapping[str, Any] | None = None):
     """The (EMA) policy saved at `path` (checkpoint or run directory), ready for `act`, with overrides applied
-    (`sampler=ddim`, `sampler.num_steps=10`, ...)."""
+    (`sampler=ddim`, `sampler.num_steps=10`, ...) and its denoiser served by `backend` (`eager`, `onnx`,
+    `cuda_graph`, or `auto`: CUDA graphs on a GPU, eager on the CPU; see rtdp/policy/backends). An ONNX graph is
+    cached in `<checkpoint>/backends/`."""
+    from rtdp.policy.backends import use_backend
     from rtdp.policy.factory import make_policy
 
     ckpt = resolve_checkpoint(path)
@@ -215,4 +219,6 @@ def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | t
     device = device or cfg.get("device", "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"
-    return policy.to(device).eval()
+    policy = policy.to(device).eval()
+    use_backend(policy, backend, cache_dir=ckpt / "backends", **dict(backend_options or {}))
+    return policy

@@ -39,6 +39,7 @@ class DiffusionPolicy(nn.Module):
         self.fps, self.action_key = fps, action_key
         self.level_sampler = level_sampler  # callable(batch, horizon, device, generator) -> levels [B] or [B, T]
         self.call_hooks: list[CallHook] = []  # attached to every plan's DenoiserCall
+        self.backend: Any = None  # who evaluates the denoiser in each call (rtdp.policy.backends; None = eager)
         self.sampler = sampler
         self.plan: Plan | None = None  # the previous plan (normalised), for warm starts
 
@@ -97,8 +98,12 @@ class DiffusionPolicy(nn.Module):
         return out
 
     def denoiser_call(self, cond: torch.Tensor) -> DenoiserCall:
-        """The call object of one plan conditioned on encoded observations `cond`."""
-        return DenoiserCall(self.denoiser, self.schedule, cond, hooks=self.call_hooks, grad=self.sampler.needs_grad)
+        """The call object of one plan conditioned on encoded observations `cond`, served by the policy's
+        backend where it can (it leaves a call that needs gradients eager)."""
+        call = DenoiserCall(self.denoiser, self.schedule, cond, hooks=self.call_hooks, grad=self.sampler.needs_grad)
+        if self.backend is not None:
+            self.backend.bind(call, self.sampler.label)
+        return call
 
     @torch.no_grad()
     def plan_chunk(self, nobs: Mapping[str, torch.Tensor], ctx: PlanContext | None = None) -> Plan:
@@ -115,13 +120,18 @@ class DiffusionPolicy(nn.Module):
 
     def act(self, obs: Mapping[str, np.ndarray], ctx: PlanContext | None = None) -> ActionChunk:
         """Observation windows `[B, To, ...]` -> unnormalised action chunk (see the module docstring)."""
+        # switching modes walks every submodule (milliseconds at batch 1, a whole evaluation's worth on a fast
+        # backend), so a policy already in eval mode (its top level and direct children) is left as it is
         was_training = self.training
-        self.eval()
+        switch = was_training or any(m.training for m in self.children())
+        if switch:
+            self.eval()
         try:
             plan = self.plan_chunk(self.prepare_obs(obs), ctx)
             actions = self.unnormalize_action(plan.actions)
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
         return ActionChunk(actions=actions.cpu().numpy(), start=int(plan.start), n_exec=int(plan.n_exec),
                            dt=1.0 / self.fps, nfe=int(plan.nfe), info=dict(plan.info))
 
