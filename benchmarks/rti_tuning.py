@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                        "score": score, "candidates": rows, "best": best, "best_overrides": rows[best]["overrides"],
                        "loadavg_after": list(os.getloadavg()),
                        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if out.is_file():  # another run may have finished another task meanwhile: keep its entry
+        tasks = {**json.loads(out.read_text()).get("tasks", {}), **{t: tasks[t] for t in args.tasks}}
     rec = metrics.record("rti_tuning", tasks=tasks, note="tuning seeds only; reported on other seeds by "
                          "benchmarks/streaming.py")
     metrics.write_json(out, rec)
