@@ -14,6 +14,8 @@ CASES = [
     (["train", "training.batch_size=-5"], "training.batch_size='-5' is out of range"),
     (["train", "num_threads=0"], "num_threads='0' is out of range"),
     (["train", f"out_dir={FILE}"], "is a file"),
+    (["train", "policy=mode", "policy.denoiser.top_k=5"], "1 <= top_k <= num_experts"),
+    (["train", "policy=mode", "policy.denoiser.top_k=0"], "policy.denoiser.top_k='0' is out of range"),
     (["eval", "task=pusht", "agent=expert", "out=ev", "seed=-1"], "seed='-1' is out of range"),
     (["eval", "task=pusht", "agent=expert", "out=ev", "num_threads=0"], "num_threads='0' is out of range"),
     (["eval", "task=pusht", "agent=expert", "out=ev", "episodes=0"], "episodes='0' is out of range"),

@@ -28,7 +28,7 @@ from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] "
          "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [delay=0|N|auto] [execution=naive|blend|ensemble] "
-         "[backend=auto|eager|onnx|cuda_graph] [progress=true] [overrides ...]")
+         "[backend=auto|eager|onnx|cuda_graph] [only_task=NAME] [progress=true] [overrides ...]")
 TIMING_CALLS = 12  # plans timed for delay=auto, after the start-up call
 KEYS = {
     "task": Key("str", help="the rtdp task id (default: the checkpoint's task)"),
@@ -48,6 +48,8 @@ KEYS = {
     "execution": Key("str", "naive", choices=("naive", "blend", "ensemble"),
                      help="how overlapping plans are merged: naive switching, LeRobot's blending, ACT's ensembling"),
     "backend": Key("str", "auto", choices=BACKENDS, help=BACKEND_HELP),
+    "only_task": Key("str", help="task=metaworld/mt10: run this one of its tasks (<name>-v3) in every episode, "
+                     "with its task id"),
 }
 
 
@@ -93,6 +95,8 @@ def main(argv: list[str]) -> int:
             agent = make_expert(task, **{k: v for k, v in env_kwargs.items() if k == "control"})
         except (MissingDependencyError, ValueError) as err:
             raise CLIError(str(err)) from None
+    if args["only_task"] is not None:
+        env_kwargs["only_task"] = args["only_task"]
     from rtdp.envs.evaluate import evaluate
     from rtdp.envs.execution import check_delay
 

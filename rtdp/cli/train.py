@@ -26,7 +26,8 @@ CONFIG_KEYS = {
     "eval.every_steps": Key("int", min=0), "eval.every_minutes": Key("float", min=0.01),
     "eval.episodes": Key("int", min=1), "eval.final_episodes": Key("int", min=0), "eval.n_envs": Key("int", min=1),
     "eval.seed": Key("int", min=0), "policy.optim.lr": Key("float", min=0.0), "policy.horizon": Key("int", min=1),
-    "policy.n_obs_steps": Key("int", min=1),
+    "policy.n_obs_steps": Key("int", min=1), "policy.denoiser.num_experts": Key("int", min=1),
+    "policy.denoiser.top_k": Key("int", min=1),
 }
 
 
@@ -38,6 +39,14 @@ def check_config(cfg) -> None:
 
     values = {name: OmegaConf.select(cfg, name, default=None) for name in CONFIG_KEYS}
     check_values({k: v for k, v in values.items() if v is not None}, CONFIG_KEYS)
+    experts, top_k = values["policy.denoiser.num_experts"], values["policy.denoiser.top_k"]
+    if experts is not None and top_k is not None and int(experts) < int(top_k):
+        from rtdp.policy.moe import check_routing
+
+        try:
+            check_routing(experts, top_k)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     memory = OmegaConf.select(cfg, "training.data_in_memory", default="auto")
     if memory not in (True, False, "auto"):
         raise CLIError(f"training.data_in_memory={memory!r} is not valid: use true, false or auto")
@@ -52,13 +61,12 @@ def help_text() -> str:
 
     from omegaconf import OmegaConf
 
-    import rtdp.policy.transformer  # the built-in denoisers register when their modules are imported
-    import rtdp.policy.unet1d  # noqa: F401
-    from rtdp.policy.denoiser import DENOISERS
+    from rtdp.policy.denoiser import DENOISERS, load_builtin_denoisers
     from rtdp.policy.levels import LEVEL_SAMPLERS
     from rtdp.policy.samplers import SAMPLERS
     from rtdp.policy.schedules import SCHEDULES
 
+    load_builtin_denoisers()  # the built-in denoisers register when their modules are imported
     configs = Path(__file__).resolve().parents[1] / "configs"
     group = lambda name: ", ".join(sorted(p.stem for p in (configs / name).glob("*.yaml")))
     top = OmegaConf.load(configs / "train.yaml")

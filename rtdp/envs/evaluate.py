@@ -88,6 +88,11 @@ def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_
                            **(env_kwargs or {}))
     episodes: list[dict[str, Any]] = []
     videos: list[str] = []
+    try:
+        check_observations(agent, envs.single_observation_space, task_id)
+    except ValueError:
+        envs.close()
+        raise
     t0 = time.perf_counter()
     n_steps = 0
     nfe_total, n_actions, vjp_total, calls = 0, 0, 0, 0
@@ -135,11 +140,29 @@ def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_
     if len(tasks) > 1:
         summary["success_per_task"] = {t: float(np.mean([e["success"] for e in episodes if e.get("task") == t]))
                                        for t in tasks}
+        summary["episodes_per_task"] = {t: sum(e.get("task") == t for e in episodes) for t in tasks}
+        summary["success_task_mean"] = float(np.mean(list(summary["success_per_task"].values())))
     trace = {"episode": episodes[0]["episode"], "actions": traces[0][0], "seams": traces[0][1]}
     rec = metrics.record("eval", summary=summary, episodes=episodes, videos=videos, seam_trace=trace)
     if out_dir is not None:
         write_report(rec, out_dir)
     return rec
+
+
+def check_observations(agent: Agent, space: Any, task_id: str) -> None:
+    """Refuse an agent that observes keys the task's env does not give (a ValueError saying what to run); a
+    multitask policy needs its task id (`task_onehot`), which a single-task env lacks."""
+    wanted = list(getattr(agent, "obs_keys", None) or [])
+    given = set(getattr(space, "spaces", {}) or {})
+    missing = [k for k in wanted if k not in given]
+    if not missing:
+        return
+    if "task_onehot" in missing:
+        raise ValueError(f"this policy is multitask (it observes its task id, task_onehot) and task {task_id!r} "
+                         "gives no task id: evaluate it on task=metaworld/mt10, or on one of its tasks with "
+                         "task=metaworld/mt10 only_task=<name>-v3")
+    raise ValueError(f"this policy observes {missing}, which task {task_id!r} does not give (it gives "
+                     f"{sorted(given)}): evaluate it on the task it was trained on")
 
 
 def _run_wave(agent: Agent, envs: gym.vector.VectorEnv, ids: np.ndarray, seed: int, n_videos: int,

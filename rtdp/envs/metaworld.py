@@ -51,17 +51,23 @@ def _make_sawyer(name: str, render_mode: str | None, width: int, height: int, ca
 
 
 class MetaWorldEnv(gym.Env):
-    """One Meta-World task, or several with one chosen per episode (MT10) and a one-hot task id observed."""
+    """One Meta-World task, or several with one chosen per episode (MT10) and a one-hot task id observed;
+    `only_task` keeps several tasks' one-hot layout but runs that one task in every episode (a multitask
+    policy evaluated per task)."""
 
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, tasks: tuple[str, ...], obs_mode: str = "state", render_mode: str | None = None,
-                 image_size: int = 96, render_size: int = 256, camera_name: str = "corner2"):
+                 image_size: int = 96, render_size: int = 256, camera_name: str = "corner2",
+                 only_task: str | None = None):
         if obs_mode not in OBS_MODES:
             raise ValueError(f"Meta-World has no observation mode {obs_mode!r}; its modes are: {', '.join(OBS_MODES)}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"Meta-World renders only 'rgb_array' (headless), not {render_mode!r}")
         self.tasks, self.obs_mode, self.render_mode = tuple(tasks), obs_mode, render_mode
+        if only_task is not None and only_task not in self.tasks:
+            raise ValueError(f"only_task={only_task!r} is not one of this env's tasks: {', '.join(self.tasks)}")
+        self.only_task = only_task
         self.fps, self.image_size, self.render_size = FPS, image_size, render_size
         size = image_size if obs_mode == "image" else render_size
         needs_pixels = obs_mode == "image" or render_mode == "rgb_array"
@@ -108,8 +114,9 @@ class MetaWorldEnv(gym.Env):
         super().reset(seed=seed)
         # MT10: the task of an episode is drawn from the same seeded generator as its scene
         self._task = int(self.np_random.integers(len(self.tasks))) if len(self.tasks) > 1 else 0
-        if options and options.get("task") is not None:
-            self._task = self.tasks.index(options["task"])
+        task = (options or {}).get("task") or self.only_task
+        if task is not None:
+            self._task = self.tasks.index(task)
         self.sawyer.seed(int(self.np_random.integers(2**31 - 1)))
         state, _ = self.sawyer.reset()
         return self._obs(state), {"success": False, "task": self.task_name}
@@ -139,6 +146,7 @@ def make_metaworld(task_id: str, obs_mode: str = "state", render_mode: str | Non
 
 def make_metaworld_mt10(task_id: str = "metaworld/mt10", obs_mode: str = "state", render_mode: str | None = None,
                         max_episode_steps: int = 500, **kw) -> gym.Env:
-    """MT10: one of 10 tasks per episode (seeded), its one-hot id in `obs["task_onehot"]`."""
+    """MT10: one of 10 tasks per episode (seeded), its one-hot id in `obs["task_onehot"]`; `only_task=<name>-v3`
+    runs that task in every episode, with the same one-hot id."""
     env: gym.Env = MetaWorldEnv(MT10_TASKS, obs_mode=obs_mode, render_mode=render_mode, **kw)
     return gym.wrappers.TimeLimit(env, max_episode_steps=max_episode_steps)

@@ -5,6 +5,10 @@ observations, and predicts what its noise schedule trains it to (ε, x0 or EDM's
 prediction with the auxiliary training losses of that pass (a mixture of experts' load balancing), already
 weighted; the policy's loss adds them and the trainer logs each. A subclass sets `name` to register itself, so
 a config picks it with `denoiser.type: <name>`.
+
+A denoiser may contribute `call_hooks()` (MoDE's expert caching), which the policy attaches to every plan's
+`DenoiserCall`, and says in `block_cache_refusal` why it cannot take block caching (BAC), if it cannot:
+`check_block_cache` is what an entry point that turns block caching on calls first.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from rtdp.policy.call import CallHook
 from rtdp.policy.registry import Registry, register_subclass
 
 DENOISERS: Registry[Denoiser] = Registry("denoiser")
@@ -43,6 +48,7 @@ class Denoiser(nn.Module, ABC):
     """`(x[B,T,Da], level[B] or [B,T], cond[B,To,Dc]) -> [B,T,Da]`; levels are the schedule's model input."""
 
     name: ClassVar[str]
+    block_cache_refusal: ClassVar[str] = ""  # why block caching cannot serve this denoiser ("" = no objection)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -56,16 +62,33 @@ class Denoiser(nn.Module, ABC):
         """The prediction and the auxiliary losses of this pass (none by default)."""
         return DenoiserOutput(self(x, level, cond))
 
+    def call_hooks(self) -> list[CallHook]:
+        """Hooks the policy attaches to every plan's denoiser call (none by default)."""
+        return []
+
     @classmethod
     @abstractmethod
     def from_config(cls, cfg: Mapping[str, Any], spec: DenoiserSpec) -> Denoiser:
         """An instance from the `denoiser:` config node (without `type`) and the policy's shapes."""
 
 
-def make_denoiser(cfg: Mapping[str, Any], spec: DenoiserSpec) -> Denoiser:
-    """The denoiser `cfg["type"]` names (default `unet1d`), built from the rest of `cfg`."""
-    import rtdp.policy.transformer  # the built-in denoisers register when their modules are imported
+def check_block_cache(denoiser_type: str) -> None:
+    """Refuse block caching (BAC) for a denoiser type that says it cannot take it (a ValueError saying why)."""
+    load_builtin_denoisers()
+    reason = DENOISERS.get(denoiser_type).block_cache_refusal
+    if reason:
+        raise ValueError(reason)
+
+
+def load_builtin_denoisers() -> None:
+    """Import the built-in denoiser modules, which register their classes."""
+    import rtdp.policy.mode
+    import rtdp.policy.transformer
     import rtdp.policy.unet1d  # noqa: F401
 
+
+def make_denoiser(cfg: Mapping[str, Any], spec: DenoiserSpec) -> Denoiser:
+    """The denoiser `cfg["type"]` names (default `unet1d`), built from the rest of `cfg`."""
+    load_builtin_denoisers()
     cfg = dict(cfg)
     return DENOISERS.get(cfg.pop("type", "unet1d")).from_config(cfg, spec)

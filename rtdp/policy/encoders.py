@@ -98,19 +98,28 @@ class ObservationEncoder(nn.Module):
     """Dict of observation windows `{key: [B, To, ...]}` -> features `[B, To, out_dim]`.
 
     Keys whose per-frame shape has three dimensions are camera images (CHW in [0, 1]); all others are
-    low-dimensional and are concatenated (in sorted key order) before the MLP.
+    low-dimensional and are concatenated (in sorted key order) before the MLP. A one-hot key named in
+    `embed_keys` (`{task_onehot: 16}`, multitask Meta-World's task id) enters as a learned embedding of its
+    argmax, of the width given, instead of as the one-hot itself.
     """
 
     def __init__(self, obs_shapes: Mapping[str, Sequence[int]], mlp_hidden_dims: Sequence[int] = (),
                  mlp_out_dim: int | None = None, crop_shape: Sequence[int] | None = None, image_feature_dim: int = 64,
-                 num_kp: int = 32):
+                 num_kp: int = 32, embed_keys: Mapping[str, int] | None = None):
         super().__init__()
         self.obs_shapes = {k: tuple(int(d) for d in v) for k, v in sorted(obs_shapes.items())}
         self.image_keys = [k for k, s in self.obs_shapes.items() if len(s) == 3]
         self.lowdim_keys = [k for k, s in self.obs_shapes.items() if len(s) != 3]
+        embed_keys = dict(embed_keys or {})
+        for key in embed_keys:
+            if key not in self.lowdim_keys or len(self.obs_shapes[key]) != 1:
+                raise ValueError(f"policy.encoder.embed_keys names {key!r}, which is not a one-hot (1-D) observation; "
+                                 f"the policy observes {list(self.obs_shapes)}")
+        self.embeddings = nn.ModuleDict({k: nn.Embedding(self.obs_shapes[k][0], int(d)) for k, d in embed_keys.items()})
         self.cameras = nn.ModuleDict({k: ResNet18Encoder(self.obs_shapes[k], crop_shape, num_kp, image_feature_dim)
                                       for k in self.image_keys})
-        lowdim = sum(math.prod(self.obs_shapes[k]) for k in self.lowdim_keys)
+        lowdim = sum(int(embed_keys[k]) if k in embed_keys else math.prod(self.obs_shapes[k])
+                     for k in self.lowdim_keys)
         self.lowdim = MLP(lowdim, mlp_hidden_dims, mlp_out_dim) if self.lowdim_keys else None
         self.out_dim = (self.lowdim.out_dim if self.lowdim is not None else 0) + image_feature_dim * len(self.image_keys)
 
@@ -122,7 +131,8 @@ class ObservationEncoder(nn.Module):
         batch, steps = first.shape[:2]
         feats = []
         if self.lowdim is not None:
-            flat = torch.cat([obs[k].reshape(batch, steps, -1).float() for k in self.lowdim_keys], dim=-1)
+            flat = torch.cat([self.embeddings[k](obs[k].argmax(dim=-1)) if k in self.embeddings
+                              else obs[k].reshape(batch, steps, -1).float() for k in self.lowdim_keys], dim=-1)
             feats.append(self.lowdim(flat))
         for key in self.image_keys:
             images = obs[key].reshape(batch * steps, *obs[key].shape[2:]).float()

@@ -48,5 +48,7 @@ def make_policy(policy_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any] | 
                       action_key=action_key)
     levels = make_level_sampler(pcfg.get("levels"), spec) if pcfg.get("levels") else None
     sampler = make_sampler(plain(sampler_cfg), dataclasses.replace(spec, levels=levels))
-    return DiffusionPolicy(encoder, denoiser, schedule, sampler, normalizer, action_dim=action_dim, horizon=horizon,
-                           n_obs_steps=n_obs, fps=fps, action_key=action_key, level_sampler=levels)
+    policy = DiffusionPolicy(encoder, denoiser, schedule, sampler, normalizer, action_dim=action_dim,
+                             horizon=horizon, n_obs_steps=n_obs, fps=fps, action_key=action_key, level_sampler=levels)
+    policy.call_hooks.extend(denoiser.call_hooks())  # e.g. MoDE's expert caching
+    return policy

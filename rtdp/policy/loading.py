@@ -180,6 +180,13 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
             if key != "policy":
                 cfg[key] = OmegaConf.load(src)
             continue
+        if key == "cache" and value == "bac":  # block caching: a denoiser may say why it cannot take it
+            from rtdp.policy.denoiser import check_block_cache
+
+            try:
+                check_block_cache(str(OmegaConf.select(cfg, "policy.denoiser.type", default="unet1d")))
+            except ValueError as err:
+                raise CheckpointError(str(err)) from None
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not ov.is_add():
             raise CheckpointError(f"config key {key!r} does not exist in this checkpoint's config; "
                                   f"prefix it with '+' to add it")

@@ -210,17 +210,37 @@ class DDPMSchedule(NoiseSchedule):
 class EDMSchedule(NoiseSchedule):
     """Continuous σ (Karras et al., EDM): `x = x0 + σ·ε`, preconditioned denoiser
     `D(x, σ) = c_skip·x + c_out·F(c_in·x, c_noise)`; the network F is trained on the target that makes the
-    EDM loss weight λ(σ)·c_out² equal to one."""
+    EDM loss weight λ(σ)·c_out² equal to one.
+
+    Training σ (`training_sigma`): `lognormal` (EDM's: ln σ ~ N(p_mean, p_std²)) or `loglogistic` (MoDE's: ln σ
+    logistic with location `loc` (default ln σ_data) and `scale`, truncated to [sigma_min, sigma_max]).
+    Inference grid (`grid`): `karras` (ρ-spaced from σ_max to σ_min) or `exponential` (equally spaced in ln σ,
+    MoDE's); both end at σ = 0."""
 
     name = "edm"
     prediction_type = "edm"
+    TRAINING_SIGMAS = ("lognormal", "loglogistic")
+    GRIDS = ("karras", "exponential")
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5,
                  rho: float = 7.0, p_mean: float = -1.2, p_std: float = 1.2, clip_sample: bool = True,
-                 clip_range: float = 1.0):
+                 clip_range: float = 1.0, training_sigma: str = "lognormal", loc: float | None = None,
+                 scale: float = 0.5, grid: str = "karras"):
+        if training_sigma not in self.TRAINING_SIGMAS:
+            raise ValueError(f"schedule.training_sigma must be one of {', '.join(self.TRAINING_SIGMAS)}, "
+                             f"got {training_sigma!r}")
+        if grid not in self.GRIDS:
+            raise ValueError(f"schedule.grid must be one of {', '.join(self.GRIDS)}, got {grid!r}")
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"the EDM schedule needs 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        if scale <= 0:
+            raise ValueError(f"schedule.scale (the log-logistic scale) must be > 0, got {scale}")
         self.sigma_min, self.sigma_max, self.sigma_data, self.rho = sigma_min, sigma_max, sigma_data, rho
         self.p_mean, self.p_std = p_mean, p_std
         self.clip_sample, self.clip_range = clip_sample, clip_range
+        self.training_sigma, self.grid = training_sigma, grid
+        self.loc = math.log(sigma_data) if loc is None else float(loc)
+        self.scale = float(scale)
 
     def _coefficients(self, level: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         sigma = per_position(level, like).to(like.dtype)
@@ -250,15 +270,25 @@ class EDMSchedule(NoiseSchedule):
         return (x0 - c_skip * self.add_noise(x0, noise, level)) / c_out
 
     def sample_training_levels(self, shape, generator=None, device=None) -> Tensor:
+        if self.training_sigma == "loglogistic":
+            # inverse CDF of the logistic in ln σ, on the part of [0, 1] that maps inside [σ_min, σ_max]
+            lo, hi = (1 / (1 + math.exp(-(math.log(s) - self.loc) / self.scale))
+                      for s in (self.sigma_min, self.sigma_max))
+            u = lo + (hi - lo) * torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+            return (self.loc + self.scale * torch.logit(u)).exp().clamp(self.sigma_min, self.sigma_max).float()
         return (self.p_mean + self.p_std * torch.randn(shape, generator=generator, device=device)).exp()
 
     def inference_levels(self, num_steps: int, device=None) -> Tensor:
-        """Karras et al.'s ρ-spaced σ grid from σ_max to σ_min, then 0."""
+        """`num_steps` σ from σ_max down to σ_min, then 0: ρ-spaced (`karras`) or equally spaced in ln σ
+        (`exponential`)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
         ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
-        inv = 1 / self.rho
-        sig = (self.sigma_max**inv + ramp * (self.sigma_min**inv - self.sigma_max**inv)) ** self.rho
+        if self.grid == "exponential":
+            sig = (math.log(self.sigma_max) + ramp * (math.log(self.sigma_min) - math.log(self.sigma_max))).exp()
+        else:
+            inv = 1 / self.rho
+            sig = (self.sigma_max**inv + ramp * (self.sigma_min**inv - self.sigma_max**inv)) ** self.rho
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)]).float().to(device)
 
     def prior(self, shape, generator=None, device=None, dtype=torch.float32) -> Tensor:
