@@ -113,7 +113,7 @@ def test_transformer_action_tokens_attend_causally():
 
 
 def test_unknown_denoiser_type_is_named():
-    with pytest.raises(ValueError, match="unknown denoiser 'mlp'; known: transformer, unet1d"):
+    with pytest.raises(ValueError, match="unknown denoiser 'mlp'; known: mode, transformer, unet1d"):
         make_denoiser({"type": "mlp"}, DenoiserSpec(DA, DC, TO, T))
 
 
