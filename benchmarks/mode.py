@@ -172,7 +172,7 @@ def matching_widths(n_layers: int = 8, n_heads: int = 4) -> dict[str, Any]:
         sizes[dim] = sum(p.numel() for p in den.parameters())
         if sizes[dim] > 1.5 * counts["total"]:  # past both targets
             break
-    pick = lambda target: min(sizes, key=lambda d: abs(sizes[d] - target))  # noqa: E731
+    pick = lambda target: min(sizes, key=lambda d: abs(sizes[d] - target))
     return {"mode": counts, **{f"dense_{k}": {"override": f"policy=transformer policy.denoiser.n_layers={n_layers} "
                                                           f"policy.denoiser.dim={pick(counts[k])}",
                                               "parameters": sizes[pick(counts[k])]}

@@ -46,7 +46,7 @@ def flops_per_evaluation(policy: Any, obs: Mapping[str, np.ndarray], seed: int =
     policy.eval()
     try:
         nobs = policy.prepare_obs(obs)
-        ctx = lambda: PlanContext(generator=torch.Generator().manual_seed(seed))  # noqa: E731
+        ctx = lambda: PlanContext(generator=torch.Generator().manual_seed(seed))
         policy.reset()
         policy.plan_chunk(nobs, ctx())  # uncounted: fusions and other once-per-grid work happen here
         policy.reset()

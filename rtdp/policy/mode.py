@@ -26,7 +26,14 @@ from torch import Tensor, nn
 
 from rtdp.policy.denoiser import Denoiser, DenoiserOutput, DenoiserSpec
 from rtdp.policy.embeddings import per_position_levels
-from rtdp.policy.moe import FusedFeedForward, MixtureOfExperts, Route, check_routing, load_balancing_loss, router_z_loss
+from rtdp.policy.moe import (
+    FusedFeedForward,
+    MixtureOfExperts,
+    Route,
+    check_routing,
+    load_balancing_loss,
+    router_z_loss,
+)
 
 
 class CausalSelfAttention(nn.Module):
@@ -43,7 +50,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, s, d = x.shape
-        heads = lambda t: t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        heads = lambda t: t.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         q, k, v = self.q_norm(heads(self.query(x))), self.k_norm(heads(self.key(x))), heads(self.value(x))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(b, s, d))

@@ -207,7 +207,7 @@ def test_a_learned_task_embedding_reads_the_one_hot_id():
 
 def test_a_multitask_policy_on_a_single_task_is_refused_naming_the_task_id():
     class Agent:
-        obs_keys = ["state", "task_onehot"]
+        obs_keys = ("state", "task_onehot")
 
     single = spaces.Dict({"state": spaces.Box(-1, 1, (39,))})
     with pytest.raises(ValueError, match="task_onehot.*only_task"):

@@ -37,7 +37,7 @@ def test_a_mode_run_resumes_bit_for_bit(tiny_data, tmp_path):
 
     resumed.save()
     obs = {"state": np.random.default_rng(0).normal(size=(2, 2, 4)).astype(np.float32)}
-    ctx = lambda: PlanContext(generator=torch.Generator().manual_seed(0))  # noqa: E731
+    ctx = lambda: PlanContext(generator=torch.Generator().manual_seed(0))
     cached = load_policy(tmp_path / "b")
     routed = load_policy(tmp_path / "b", ["policy.denoiser.expert_cache=false"])
     a, b = cached.act(obs, ctx()), routed.act(obs, ctx())
