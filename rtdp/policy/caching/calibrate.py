@@ -140,12 +140,13 @@ def plot_schedule(schedule: CacheSchedule, stats: Mapping[Grid, GridStats]):
         ax = fig.add_subplot(gs[gi, :])
         table = np.array(grid.table(blocks), dtype=float).T  # [blocks, steps]
         ax.imshow(table, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
-        for bi, b in enumerate(blocks):
-            if b in grid.bubbled:
-                ax.text(-0.5, bi, "BU ", ha="right", va="center", fontsize=6, color="tab:red")
-        ax.set_yticks(range(len(blocks)), blocks, fontsize=5)
+        ax.set_yticks(range(len(blocks)), [f"{b} (BU)" if b in grid.bubbled else b for b in blocks], fontsize=5)
+        for label, b in zip(ax.get_yticklabels(), blocks):
+            if b in grid.bubbled:  # the blocks Bubbling Union refreshed, in red
+                label.set_color("tab:red")
         ax.set_xlabel(f"step of the grid ({describe_grid(grid.levels)})")
-        ax.set_title(f"update steps per block (black), budget {grid.budget}: {grid.predicted_block_evals} of "
+        ax.set_title(f"update steps per block (black; BU = Bubbling Union, red), budget {grid.budget}: "
+                     f"{grid.predicted_block_evals} of "
                      f"{len(blocks) * grid.n_steps} block evaluations per plan", fontsize=9)
     for bi, b in enumerate(blocks):
         layer, kind = int(b.split(".")[0][5:]), b.split(".")[1]
