@@ -1,6 +1,6 @@
 """`rtdp calibrate-cache checkpoint=PATH budget=M [bubbling=3] [observations=256] [warm_budget=N] [episodes=N]
 [seed=0] [batch=16] [sampler=ddpm|ddim|rti|rti_renoise sampler.KEY=VALUE ...]`: calibrate a block-wise adaptive
-cache (BAC, ALGORITHMS.md §3) for a transformer policy and the sampler it will run with.
+cache (BAC, Ji et al. 2025) for a transformer policy and the sampler it will run with.
 
 Runs the uncached sampler on `observations` recorded windows of the checkpoint's task (its held-out episodes),
 recording every block's residual at every step; per block it builds the cosine step-similarity matrix, picks the
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     path = schedule.save(directory / schedule_name(policy.sampler.label, schedule.key, opts["budget"],
                                                    opts["bubbling"]))
     rec = metrics.record("bac_calibration", **figure_data(schedule, stats))
-    png, js = metrics.save_figure(plot_schedule(schedule, stats), path.with_suffix(".similarity.png"), rec)
+    png, _js = metrics.save_figure(plot_schedule(schedule, stats), path.with_suffix(".similarity.png"), rec)
     print(json.dumps({"schedule": str(path), "plot": str(png), "observations": n, "grids": [
         {"steps": g.n_steps, "budget": g.budget, "bubbled": list(g.bubbled),
          "block_evals_per_plan": g.predicted_block_evals, "uncached_block_evals_per_plan": n_blocks * g.n_steps}

@@ -75,7 +75,7 @@ def test_an_all_update_schedule_is_the_uncached_sampler_bit_for_bit(sampler):
 @torch.no_grad()
 def reference_plan(policy, schedule: CacheSchedule, obs, gen) -> torch.Tensor:
     """The cached plan computed without the hook: the transformer run block by block, each block's residual taken
-    from its last update step of this plan (ALGORITHMS.md §3), through a call whose forward is replaced here."""
+    from its last update step of this plan, through a call whose forward is replaced here."""
     from rtdp.policy.caching.grids import grid_levels
 
     den = policy.denoiser

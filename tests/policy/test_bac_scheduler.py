@@ -1,4 +1,4 @@
-"""BAC's offline scheduling (ALGORITHMS.md §3): the DP's update set is optimal (brute force on small K'), Bubbling
+"""BAC's offline scheduling (Ji et al. 2025): the DP's update set is optimal (brute force on small K'), Bubbling
 Union only adds steps, the caching error and similarity reductions match their definitions."""
 
 from __future__ import annotations
@@ -120,6 +120,6 @@ def test_step_similarity_is_the_mean_cosine_over_observations():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(4, 3, 10))
     s = step_similarity(x)
-    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
     assert s[1, 3] == pytest.approx(np.mean([cos(x[1, i], x[3, i]) for i in range(3)]))
     assert np.allclose(np.diag(s), 1.0)

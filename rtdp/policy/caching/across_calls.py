@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rtdp.policy.call import CallHook, DenoiserCall
 from rtdp.policy.caching.hook import require_transformer
+from rtdp.policy.call import CallHook, DenoiserCall
 from rtdp.policy.transformer import TransformerDenoiser
 
 

@@ -16,11 +16,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtdp.policy.call import CallHook
 from rtdp.policy.caching.across_calls import AcrossCallsHook
 from rtdp.policy.caching.grids import CacheError, Grid, describe_grid, probe_grids
 from rtdp.policy.caching.hook import BlockCacheHook, require_transformer
-from rtdp.policy.caching.schedule import KEY_DIGITS, CacheSchedule, check_schedule, load_schedule, schedule_key
+from rtdp.policy.caching.schedule import (
+    KEY_DIGITS,
+    CacheSchedule,
+    check_schedule,
+    load_schedule,
+    schedule_key,
+)
+from rtdp.policy.call import CallHook
 
 OFF = (None, "", "none", "off", "false")
 CACHE_DIR = "cache"  # beside the checkpoint's weights

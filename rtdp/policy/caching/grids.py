@@ -60,7 +60,7 @@ def probe_grids(policy: Any) -> list[Grid | None]:
     network is not run (a zero denoiser stands in) and the sampler is reset before and after."""
     sampler = policy.sampler
     recorder = _GridRecorder()
-    zero = lambda x, level, cond: torch.zeros_like(x)  # noqa: E731 - the stand-in denoiser
+    zero = lambda x, level, cond: torch.zeros_like(x)
     shape = (1, int(policy.horizon), int(policy.action_dim))
     gen = torch.Generator().manual_seed(0)
     previous = None

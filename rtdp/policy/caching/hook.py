@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import Tensor
 
-from rtdp.policy.call import CallHook, DenoiserCall
 from rtdp.policy.caching.grids import CacheError, describe_grid, grid_levels
 from rtdp.policy.caching.schedule import CacheSchedule, GridSchedule
+from rtdp.policy.call import CallHook, DenoiserCall
 from rtdp.policy.transformer import TransformerDenoiser
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rtdp.policy.call import CallHook, DenoiserCall
 from rtdp.policy.caching.grids import CacheError, Grid, grid_levels
 from rtdp.policy.caching.hook import require_transformer
+from rtdp.policy.call import CallHook, DenoiserCall
 from rtdp.policy.transformer import TransformerDenoiser
 
 

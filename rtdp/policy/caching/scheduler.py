@@ -1,4 +1,4 @@
-"""BAC's offline scheduling (Ji et al. 2025; ALGORITHMS.md §3): each block's update steps from its step-similarity
+"""BAC's offline scheduling (Ji et al. 2025; `ky-ji/HAS`, BACInfer): each block's update steps from its step-similarity
 matrix (the Adaptive Caching Scheduler, a dynamic programme), then Bubbling Union over the error-prone blocks.
 
 - `optimal_updates(S, M)`: the M update steps (step 0 always) that maximise the summed similarity of every step
@@ -12,6 +12,7 @@ matrix (the Adaptive Caching Scheduler, a dynamic programme), then Bubbling Unio
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -41,11 +42,11 @@ def segment_cost(similarity: np.ndarray) -> np.ndarray:
 def schedule_value(similarity: np.ndarray, updates: Sequence[int]) -> float:
     """`Σ_t S[u(t), t]`, u(t) the last update at or before t: what `optimal_updates` maximises."""
     s = np.asarray(similarity, dtype=np.float64)
-    steps = sorted(set(int(k) for k in updates))
+    steps = sorted({int(k) for k in updates})
     if not steps or steps[0] != 0:
         raise ValueError(f"update steps must include step 0, got {list(updates)}")
     bounds = [*steps, s.shape[0]]
-    return float(sum(s[a, a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])))
+    return float(sum(s[a, a:b].sum() for a, b in itertools.pairwise(bounds)))
 
 
 def optimal_updates(similarity: np.ndarray, budget: int) -> list[int]:
@@ -114,7 +115,7 @@ def bubbling_union(updates: Mapping[str, Sequence[int]], errors: Mapping[str, fl
         raise ValueError(f"bubbling must be in [0, {len(blocks)}] (the number of blocks), got {n}")
     chosen = rank_blocks(errors, blocks)[: int(n)]
     ffn = [(parse_block(b)[0], set(updates[b])) for b in blocks if parse_block(b)[1] == FEED_FORWARD]
-    out = {b: tuple(sorted(set(int(k) for k in updates[b]))) for b in blocks}
+    out = {b: tuple(sorted({int(k) for k in updates[b]})) for b in blocks}
     for b in chosen:
         layer = parse_block(b)[0]
         extra = set().union(*(steps for lay, steps in ffn if lay >= layer))
