@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         lerobot["note"] = "PushT keypoint sizes (state 2 + env state 18 -> action 2); untrained weights (latency only)"
         for task in args.tasks:
             tasks[task]["lerobot"] = lerobot
+    if out.is_file():  # another run may have finished another task meanwhile: keep its entry
+        tasks = {**json.loads(out.read_text()).get("tasks", {}), **{t: tasks[t] for t in args.tasks}}
     new = metrics.record("streaming_benchmark", tasks=tasks,
                          notes=["same trained weights for every method (policy=sdp_unet)",
                                 "rti: the authors' scheme; rti_renoise: rtdp's re-noising variant",

@@ -39,8 +39,8 @@ def test_demo_refuses_unknown_options(capsys):
     assert "unknown key 'epsiodes'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["eval", "run", "collect", "calibrate-rti", "demo", "serve-robot", "teleop",
-                                     "record", "deploy"])
+@pytest.mark.parametrize("command", ["eval", "run", "collect", "calibrate-rti", "calibrate-cache", "demo",
+                                     "serve-robot", "teleop", "record", "deploy"])
 def test_every_key_value_command_lists_its_keys_in_help(command, capsys):
     import importlib
 

@@ -33,6 +33,11 @@ CASES = [
     (["run", "agent=expert", "env=arm-lift", f"out={FILE}"], "is a file"),
     (["calibrate-rti", "checkpoint=/no/such/run"], "does not exist"),
     (["calibrate-rti", "checkpoint=/no/such/run", "windows=0"], "windows='0' is out of range"),
+    (["calibrate-cache", "checkpoint=/no/such/run", "budget=5"], "does not exist"),
+    (["calibrate-cache", "checkpoint=/no/such/run", "budget=0"], "budget='0' is out of range"),
+    (["calibrate-cache", "checkpoint=/no/such/run", "budget=5", "observations=0"], "observations='0' is out of range"),
+    (["calibrate-cache", "checkpoint=/no/such/run"], "missing budget=..."),
+    (["eval", "task=pusht", "agent=expert", "out=ev", "cache=bac"], "cache= caches a transformer policy's blocks"),
     (["demo", "episodes=0"], "episodes='0' is out of range"),
     (["demo", "minutes=soon"], "minutes='soon' is not valid"),
 ]

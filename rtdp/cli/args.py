@@ -70,6 +70,9 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 BACKENDS = ("auto", "eager", "onnx", "cuda_graph")
 BACKEND_HELP = ("who evaluates the denoiser: eager (torch), onnx (ONNX Runtime on the CPU; pip install "
                 "'rtdp[onnx]'), cuda_graph (CUDA graphs, with device=cuda), auto (cuda_graph on a GPU, else eager)")
+# the `cache=` key of the same commands (rtdp.policy.caching; docs/caching.md)
+CACHE_HELP = ("block cache of a transformer policy: bac (the schedule `rtdp calibrate-cache` wrote beside the "
+              "checkpoint for these weights and sampler), the path of a schedule JSON, or none")
 
 
 def convert(key: str, raw: str, spec: Key) -> Any:

@@ -1,6 +1,6 @@
 """`rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] [video=N]
 [obs_mode=...] [max_steps=N] [num_threads=N] [delay=0|N|auto] [execution=naive|blend|ensemble]
-[backend=auto|eager|onnx|cuda_graph] [overrides ...]`: seeded, vectorised evaluation; writes eval.json,
+[backend=auto|eager|onnx|cuda_graph] [cache=bac|PATH] [overrides ...]`: seeded, vectorised evaluation; writes eval.json,
 eval.png, seams.png and videos.
 
 `delay=N` lets the world move while the policy thinks: every plan after the first arrives N control steps after
@@ -22,13 +22,13 @@ import json
 import sys
 from pathlib import Path
 
-from rtdp.cli.args import BACKEND_HELP, BACKENDS, Key, parse_keys, parse_value
+from rtdp.cli.args import BACKEND_HELP, BACKENDS, CACHE_HELP, Key, parse_keys, parse_value
 from rtdp.cli.collect import check_task
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] "
          "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [delay=0|N|auto] [execution=naive|blend|ensemble] "
-         "[backend=auto|eager|onnx|cuda_graph] [only_task=NAME] [progress=true] [overrides ...]")
+         "[backend=auto|eager|onnx|cuda_graph] [cache=bac|PATH] [only_task=NAME] [progress=true] [overrides ...]")
 TIMING_CALLS = 12  # plans timed for delay=auto, after the start-up call
 KEYS = {
     "task": Key("str", help="the rtdp task id (default: the checkpoint's task)"),
@@ -48,6 +48,7 @@ KEYS = {
     "execution": Key("str", "naive", choices=("naive", "blend", "ensemble"),
                      help="how overlapping plans are merged: naive switching, LeRobot's blending, ACT's ensembling"),
     "backend": Key("str", "auto", choices=BACKENDS, help=BACKEND_HELP),
+    "cache": Key("str", None, help=CACHE_HELP),
     "only_task": Key("str", help="task=metaworld/mt10: run this one of its tasks (<name>-v3) in every episode, "
                      "with its task id"),
 }
@@ -83,11 +84,13 @@ def main(argv: list[str]) -> int:
         if args["num_threads"] is not None:
             torch.set_num_threads(args["num_threads"])
         try:
-            agent = load_policy(path, rest, backend=args["backend"])
+            agent = load_policy(path, rest, backend=args["backend"], cache=args["cache"])
         except (ValueError, KeyError, FileNotFoundError) as err:
             raise CLIError(f"cannot load {path}: {err}") from None
         torch.manual_seed(args["seed"])  # the sampler's noise: the same command gives the same figures
     else:
+        if args["cache"] is not None:
+            raise CLIError("cache= caches a transformer policy's blocks: it needs checkpoint=PATH, not agent=expert")
         from rtdp.envs.experts import make_expert
 
         env_kwargs = {k: parse_value(v) for k, v in (a.split("=", 1) for a in rest)}

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve-env": ("rtdp.cli.serve_env", "serve an rtdp gymnasium env over ZeroMQ"),
     "run": ("rtdp.cli.run", "run a policy in a fixed-rate control loop against a local or remote env"),
     "calibrate-rti": ("rtdp.cli.calibrate_rti", "sweep the RTI warm-start level tau and pick one"),
+    "calibrate-cache": ("rtdp.cli.calibrate_cache", "calibrate a block-wise adaptive cache (BAC) for a transformer"),
     "serve-robot": ("rtdp.cli.serve_robot", "serve a robot (sim-arm, a LeRobot arm) over ZeroMQ with the safety layer"),
     "teleop": ("rtdp.cli.teleop", "drive a robot by hand (keyboard, gamepad, SpaceMouse) or with a scripted expert"),
     "record": ("rtdp.cli.record", "record teleoperated demonstrations on a robot into a replay buffer"),

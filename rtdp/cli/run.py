@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rtdp.cli.args import BACKEND_HELP, BACKENDS, Key, parse_keys
+from rtdp.cli.args import BACKEND_HELP, BACKENDS, CACHE_HELP, Key, parse_keys
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp run (checkpoint=PATH | agent=expert) env=pusht|tcp://127.0.0.1:5555 [mode=sync|async] [hz=10] "
          "[episodes=1] [max_steps=300] [seed=0] [out=DIR] [record=PATH.zarr] [backend=auto|eager|onnx|cuda_graph] "
-         "[sampler overrides ...]")
+         "[cache=bac|PATH] [sampler overrides ...]")
 KEYS = {
     "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`"),
     "agent": Key("str", help="expert, or package.module:factory returning an Agent"),
@@ -39,6 +39,7 @@ KEYS = {
     "server_key": Key("str", help="the server's public CURVE key file (instead of keys=)"),
     "client_key": Key("str", help="this client's secret CURVE key file (instead of keys=)"),
     "backend": Key("str", "auto", choices=BACKENDS, help=BACKEND_HELP),
+    "cache": Key("str", None, help=CACHE_HELP),
 }
 
 
@@ -89,7 +90,7 @@ def make_agent(opts: dict[str, Any], overrides: list[str]):
         from rtdp.policy.loading import load_policy  # torch is imported only on this path
 
         try:
-            return load_policy(ckpt, overrides, backend=opts.get("backend") or "auto")
+            return load_policy(ckpt, overrides, backend=opts.get("backend") or "auto", cache=opts.get("cache"))
         except Exception as err:  # noqa: BLE001 - any load failure is reported as one line
             raise CLIError(f"cannot load checkpoint {ckpt} with {overrides}: {err}") from None
     if agent == "expert":
@@ -159,7 +160,8 @@ def main(argv: list[str]) -> int:
     summary = summarize(results)
     config = {"mode": mode, "hz": hz, "rt": rt, "episodes": episodes, "max_steps": max_steps, "seed": seed,
               "env": opts.get("env"), "checkpoint": opts.get("checkpoint"), "agent": opts.get("agent"),
-              "overrides": overrides, "record": record, "backend": opts.get("backend")}
+              "overrides": overrides, "record": record, "backend": opts.get("backend"),
+              "cache": opts.get("cache")}
     metrics.write_json(out / "metrics.json", metrics.record("control_run", config=config, summary=summary,
                                                             failure=failure,
                                                             wall_s=time.perf_counter() - t_start))

@@ -96,6 +96,7 @@ def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_
     t0 = time.perf_counter()
     n_steps = 0
     nfe_total, n_actions, vjp_total, calls = 0, 0, 0, 0
+    block_evals, block_evals_uncached = 0, 0
     traces: list[tuple[np.ndarray, list[int]]] = []
     executor = DelayedExecutor(_Timed(agent), delay, execution)
     try:
@@ -109,6 +110,8 @@ def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_
                 nfe_total += executor.nfe
                 n_actions += executor.planned
                 vjp_total += executor.vjp
+                block_evals += executor.block_evals
+                block_evals_uncached += executor.block_evals_uncached
                 calls += executor.calls
                 for i, fr in frames.items():
                     videos.append(str(_write_video(Path(video_dir) / f"episode_{i:03d}.mp4", fr,
@@ -132,6 +135,9 @@ def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_
     }
     if vjp_total:
         summary["vjp_per_action"] = vjp_total / max(n_actions, 1)
+    if block_evals_uncached:  # a block cache: transformer blocks evaluated per plan, and without the cache
+        summary["block_evals_per_plan"] = block_evals / max(calls, 1)
+        summary["block_evals_uncached_per_plan"] = block_evals_uncached / max(calls, 1)
     if timing is not None:
         summary["delay_timing"] = timing
     if all("max_coverage" in e for e in episodes):

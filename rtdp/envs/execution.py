@@ -184,6 +184,7 @@ class DelayedExecutor:
         self.boundaries: list[int] = []  # steps at which a plan after the first starts to act
         self.nfe = self.planned = self.calls = 0
         self.vjp = 0
+        self.block_evals = self.block_evals_uncached = 0  # a block cache's report (plan info), 0 without one
 
     def action(self, t: int, window: Callable[[], dict[str, np.ndarray]]) -> np.ndarray:
         """The action `[B, Da]` of step `t` (asked for t = 0, 1, 2, …); `window()` is the observation window now."""
@@ -201,6 +202,8 @@ class DelayedExecutor:
             self.last_obs, self.next_obs = t, t + spacing
             self.nfe += int(chunk.nfe)
             self.vjp += int(chunk.info.get("vjp", 0))
+            self.block_evals += int(chunk.info.get("block_evals", 0))
+            self.block_evals_uncached += int(chunk.info.get("block_evals_uncached", 0))
             self.planned += spacing
             self.calls += 1
         a = self.scheme.action(t)

@@ -31,6 +31,9 @@ class CallHook:
     def end(self, call: DenoiserCall) -> None:
         """After the last evaluation of the plan."""
 
+    def reset(self) -> None:
+        """A new episode (`DiffusionPolicy.reset`): forget whatever the hook keeps from one plan to the next."""
+
 
 class DenoiserCall:
     """One plan's evaluations of `denoiser(x_in, level_in, cond)`, counted and indexed, with hooks attached."""
@@ -44,6 +47,7 @@ class DenoiserCall:
         self.grid: list[Tensor] | None = None
         self.step = -1  # index of the evaluation in progress (or last finished) within this plan
         self.nfe = 0
+        self.info: dict[str, Any] = {}  # what hooks report about the plan (block evaluations); joins the plan's info
         self._open = False
 
     @property

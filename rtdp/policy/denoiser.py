@@ -7,8 +7,8 @@ weighted; the policy's loss adds them and the trainer logs each. A subclass sets
 a config picks it with `denoiser.type: <name>`.
 
 A denoiser may contribute `call_hooks()` (MoDE's expert caching), which the policy attaches to every plan's
-`DenoiserCall`, and says in `block_cache_refusal` why it cannot take block caching (BAC), if it cannot:
-`check_block_cache` is what an entry point that turns block caching on calls first.
+`DenoiserCall`, and says in `block_cache_refusal` why it cannot take block caching (BAC), if it cannot; the
+block cache (`rtdp/policy/caching/`) refuses such a denoiser with that reason.
 """
 
 from __future__ import annotations
@@ -70,14 +70,6 @@ class Denoiser(nn.Module, ABC):
     @abstractmethod
     def from_config(cls, cfg: Mapping[str, Any], spec: DenoiserSpec) -> Denoiser:
         """An instance from the `denoiser:` config node (without `type`) and the policy's shapes."""
-
-
-def check_block_cache(denoiser_type: str) -> None:
-    """Refuse block caching (BAC) for a denoiser type that says it cannot take it (a ValueError saying why)."""
-    load_builtin_denoisers()
-    reason = DENOISERS.get(denoiser_type).block_cache_refusal
-    if reason:
-        raise ValueError(reason)
 
 
 def load_builtin_denoisers() -> None:

@@ -180,13 +180,6 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
             if key != "policy":
                 cfg[key] = OmegaConf.load(src)
             continue
-        if key == "cache" and value == "bac":  # block caching: a denoiser may say why it cannot take it
-            from rtdp.policy.denoiser import check_block_cache
-
-            try:
-                check_block_cache(str(OmegaConf.select(cfg, "policy.denoiser.type", default="unet1d")))
-            except ValueError as err:
-                raise CheckpointError(str(err)) from None
         if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not ov.is_add():
             raise CheckpointError(f"config key {key!r} does not exist in this checkpoint's config; "
                                   f"prefix it with '+' to add it")
@@ -195,12 +188,15 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 
 
 def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | torch.device | None = None,
-                ema: bool = True, backend: str = "auto", backend_options: Mapping[str, Any] | None = None):
+                ema: bool = True, backend: str = "auto", backend_options: Mapping[str, Any] | None = None,
+                cache: str | Path | None = None):
     """The (EMA) policy saved at `path` (checkpoint or run directory), ready for `act`, with overrides applied
     (`sampler=ddim`, `sampler.num_steps=10`, ...) and its denoiser served by `backend` (`eager`, `onnx`,
     `cuda_graph`, or `auto`: CUDA graphs on a GPU, eager on the CPU; see rtdp/policy/backends). An ONNX graph is
-    cached in `<checkpoint>/backends/`."""
+    cached in `<checkpoint>/backends/`. `cache` attaches a block cache (`bac`, a schedule's path, docs/caching.md);
+    it runs the transformer block by block, so it takes the eager backend (`auto` becomes eager)."""
     from rtdp.policy.backends import use_backend
+    from rtdp.policy.caching.attach import check_backend, use_cache
     from rtdp.policy.factory import make_policy
 
     ckpt = resolve_checkpoint(path)
@@ -227,5 +223,7 @@ def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | t
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"
     policy = policy.to(device).eval()
+    backend = check_backend(cache, backend)
     use_backend(policy, backend, cache_dir=ckpt / "backends", **dict(backend_options or {}))
+    use_cache(policy, cache)
     return policy

@@ -73,8 +73,10 @@ class DiffusionPolicy(nn.Module):
         return self.sampler.n_action_steps
 
     def reset(self) -> None:
-        """Forget the episode: the previous plan and the sampler's buffers."""
+        """Forget the episode: the previous plan, the sampler's buffers and what the call hooks keep."""
         self.sampler.reset()
+        for hook in self.call_hooks:
+            hook.reset()
         self.plan = None
 
     def prepare_obs(self, obs: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,6 +117,8 @@ class DiffusionPolicy(nn.Module):
         cond = self.encoder(nobs)
         call = self.denoiser_call(cond)
         plan = self.sampler.sample(call, (cond.shape[0], self.horizon, self.action_dim), ctx, previous)
+        if call.info:  # the hooks' report on this plan (e.g. block evaluations of a block cache)
+            plan.info = {**plan.info, **call.info}
         self.plan = plan
         return plan
 

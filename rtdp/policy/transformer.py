@@ -43,6 +43,13 @@ class SelfAttentionBlock(nn.Module):
         out, _ = self.attn(x, x, x, attn_mask=ctx.self_mask, need_weights=False)
         return self.dropout(out)
 
+    def residual_tail(self, h: torch.Tensor, ctx: BlockContext, n: int) -> torch.Tensor:
+        """`residual(h, ctx)[:, -n:]` computed for the last `n` tokens only (keys and values from every token),
+        for a cache that reuses the other tokens' residuals."""
+        x = self.norm(h)
+        out, _ = self.attn(x[:, -n:], x, x, attn_mask=ctx.self_mask[-n:], need_weights=False)
+        return self.dropout(out)
+
     def forward(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         return h + self.residual(h, ctx)
 
@@ -53,6 +60,12 @@ class CrossAttentionBlock(SelfAttentionBlock):
 
     def residual(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         out, _ = self.attn(self.norm(h), ctx.memory, ctx.memory, attn_mask=ctx.memory_mask, need_weights=False)
+        return self.dropout(out)
+
+    def residual_tail(self, h: torch.Tensor, ctx: BlockContext, n: int) -> torch.Tensor:
+        """`residual(h, ctx)[:, -n:]` computed for the last `n` tokens only."""
+        out, _ = self.attn(self.norm(h[:, -n:]), ctx.memory, ctx.memory, attn_mask=ctx.memory_mask[-n:],
+                           need_weights=False)
         return self.dropout(out)
 
 
@@ -67,6 +80,10 @@ class FeedForwardBlock(nn.Module):
 
     def residual(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         return self.mlp(self.norm(h))
+
+    def residual_tail(self, h: torch.Tensor, ctx: BlockContext, n: int) -> torch.Tensor:
+        """`residual(h, ctx)[:, -n:]` computed for the last `n` tokens only."""
+        return self.mlp(self.norm(h[:, -n:]))
 
     def forward(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
         return h + self.residual(h, ctx)

@@ -1,4 +1,4 @@
-"""MoDE (ALGORITHMS.md §4): routing by σ only, expert caching equal to routed inference with k experts per
+"""MoDE (Reuss et al. 2025): routing by σ only, expert caching equal to routed inference with k experts per
 step, the load-balancing loss, parameter and FLOP accounting, and the refusals."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from rtdp.policy.call import DenoiserCall
 from rtdp.policy.denoiser import DenoiserSpec, make_denoiser
 from rtdp.policy.encoders import ObservationEncoder
 from rtdp.policy.factory import make_policy
-from rtdp.policy.loading import CheckpointError, apply_overrides
 from rtdp.policy.mode import MoDEDenoiser
 from rtdp.policy.moe import Route, load_balancing_loss
 from rtdp.types import PlanContext
@@ -169,10 +168,12 @@ def test_a_layer_that_cannot_route_is_refused(experts, top_k):
         MoDEDenoiser(DA, DC, TO, T, num_experts=experts, top_k=top_k)
 
 
-def test_a_mode_checkpoint_asked_for_block_caching_is_refused_with_the_reason():
-    cfg = OmegaConf.create({"policy": {"name": "mode", "denoiser": {"type": "mode"}}})
-    with pytest.raises(CheckpointError, match="switch experts with σ"):
-        apply_overrides(cfg, ["+cache=bac"])
+def test_a_mode_policy_asked_for_block_caching_is_refused_with_the_reason():
+    from rtdp.policy.caching.attach import use_cache
+    from rtdp.policy.caching.grids import CacheError
+
+    with pytest.raises(CacheError, match="switch experts with σ"):
+        use_cache(tiny_policy(), "bac")
 
 
 def test_accounting_counts_active_parameters_and_fewer_flops_when_cached():

@@ -1,4 +1,4 @@
-"""Real-time chunking (ALGORITHMS.md §5) around DDIM and DDPM: the prefix weights, the flow reparametrisation,
+"""Real-time chunking (Black, Galliker, Levine 2025) around DDIM and DDPM: the prefix weights, the flow reparametrisation,
 W = 0 as the unguided sampler, the frozen prefix under a large β, inpainting without a backward pass, the guided
 variant under the policy's no_grad, and the bad-input rules."""
 

@@ -9,8 +9,9 @@ W_j = 1 for j < d, a ramp down to 0, and 0 for j ≥ H − s (`prefix_weights`);
 (the past of the window) are committed and count as frozen (W = 1). d is `ctx.delay` clamped to the previous
 plan's actions left; s is the execution horizon, `n_action_steps`.
 
-- `guided` (the paper's method, ALGORITHMS.md §5): at every step the iterate is read as a flow iterate,
-  y = x_k/(α+σ), τ = α/(α+σ) with α = √ᾱ_k, σ = √(1−ᾱ_k), so that y = τ·x0 + (1−τ)·ε and x̂1 = y + (1−τ)·v with
+- `guided` (the paper's method: Black, Galliker, Levine 2025; `Physical-Intelligence/real-time-chunking-kinetix`):
+  at every step the iterate is read as a flow iterate, y = x_k/(α+σ), τ = α/(α+σ) with α = √ᾱ_k,
+  σ = √(1−ᾱ_k), so that y = τ·x0 + (1−τ)·ε and x̂1 = y + (1−τ)·v with
   v = x̂0 − ε̂ is x̂0. One vector–Jacobian product g = (∂x̂1/∂y)ᵀ (W ⊙ (Y − x̂1)) and the weight
   w = min(β, (1−τ)/τ · (τ² + (1−τ)²)/(1−τ)²) give v' = v + w·g, read back as x̂0' = y + (1−τ)·v', ε' = y − τ·v',
   and the base sampler's DDIM step (or DDPM posterior step) runs on (x̂0', ε').
