@@ -210,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"--{task}-ckpt", file=sys.stderr)
             return 2
 
+    mine: dict[str, dict[str, Any]] = {}  # the cells this run measured
+
     def save() -> dict[str, Any]:
+        if out.is_file():  # another run (another task) may have written cells meanwhile: keep them
+            cells.update(json.loads(out.read_text()).get("cells", {}))
+            cells.update(mine)
         tasks = sorted({k.split("/")[0] for k in cells})
         rec = metrics.record("rtc_benchmark", cells=cells, tasks=tasks, delays=sorted(
             {c["settings"]["delay"] for c in cells.values()}), episodes=args.episodes,
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings = cell_settings(task, method, d, ckpts[task], args)
                 print(f"[rtc] {task}/{method}/d{d}: {args.episodes} episodes ...", file=sys.stderr, flush=True)
                 cell = run_cell(policy, env_id, settings, args)
-                cells[f"{task}/{method}/d{d}"] = cell
+                cells[f"{task}/{method}/d{d}"] = mine[f"{task}/{method}/d{d}"] = cell
                 save()
                 if "error" in cell:
                     print(f"[rtc] {task}/{method}/d{d}: {cell['error']}", file=sys.stderr, flush=True)
