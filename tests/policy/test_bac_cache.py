@@ -21,12 +21,7 @@ OBS = {"keypoint": (9, 2), "agent_pos": (2,)}
 TINY = ["policy.denoiser.n_layers=2", "policy.denoiser.dim=32", "policy.denoiser.n_heads=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/policy/conftest.py
 
 
 def tiny_policy(*overrides: str, policy: str = "transformer", seed: int = 0):

@@ -23,12 +23,7 @@ TINY = {"transformer": ["policy.denoiser.n_layers=2", "policy.denoiser.dim=32", 
         "unet1d": ["policy.denoiser.down_dims=[16,32]", "policy.denoiser.level_embed_dim=16"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/policy/conftest.py
 
 
 def tiny_checkpoint(root, pusht_zarr, policy: str, seed: int = 0):

@@ -43,12 +43,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
                                  "(python -m pytest tests/policy/test_backends.py -k cuda)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/policy/conftest.py
 
 
 def shapes_of(name: str) -> GraphShapes:

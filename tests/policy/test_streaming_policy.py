@@ -32,13 +32,7 @@ def train_config(*overrides: str):
         return compose("train", overrides=["policy=sdp_unet", "task=pusht_keypoints", *TINY, *overrides])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are latency-bound: a second intra-op thread only adds spin-waits on a loaded 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/policy/conftest.py
 
 
 @pytest.fixture(scope="module")
