@@ -9,6 +9,7 @@ while the env keeps executing the earlier plans. Methods, on the same weights:
 - `blend`: the same plans, LeRobot's blending of overlapping actions (0.3 old + 0.7 new);
 - `ensemble`: the same plans, ACT's temporal ensembling (exp(-0.01 i) over every chunk predicting the step);
 - `rtc_guided`, `rtc_inpaint`: `sampler=rtc` around DDIM-10, s = 8, naive switching (RTC makes the seam agree);
+  `rtc_inpaint_soft`: inpainting by the soft prefix weights instead of the frozen prefix only;
 - `sdp`: streaming diffusion, the checkpoint's layout; `rti`: RTI as its authors run it (`sampler=rti`).
 
 Per cell: success with its Wilson 95% interval (and PushT's mean max-coverage with a t interval), the seam metric
@@ -52,12 +53,13 @@ METHODS: dict[str, tuple[list[str], str]] = {  # method -> (checkpoint overrides
     "blend": (DDIM10, "blend"),
     "ensemble": (DDIM10, "ensemble"),
     "rtc_guided": ([*RTC, "sampler.variant=guided"], "naive"),
-    "rtc_inpaint": ([*RTC, "sampler.variant=inpaint"], "naive"),
+    "rtc_inpaint": ([*RTC, "sampler.variant=inpaint", "sampler.inpaint_mask=frozen"], "naive"),
+    "rtc_inpaint_soft": ([*RTC, "sampler.variant=inpaint", "sampler.inpaint_mask=soft"], "naive"),
     "sdp": (["sampler=sdp"], "naive"),
     "rti": (["sampler=rti"], "naive"),
 }
 DELAYS = (0, 1, 2, 3, 4)
-RTC_METHODS = ("rtc_guided", "rtc_inpaint")
+RTC_METHODS = ("rtc_guided", "rtc_inpaint", "rtc_inpaint_soft")
 
 
 def cell_settings(task: str, method: str, delay: int, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -147,6 +147,31 @@ def test_inpainting_puts_the_previous_plan_on_the_frozen_prefix_without_a_backwa
     assert run.plan.info["vjp"] == 0
 
 
+def test_frozen_inpainting_replaces_only_the_frozen_prefix_and_soft_inpainting_pulls_the_ramp():
+    def plans(mask: str):
+        run = Runner(RTCSampler(SCHEDULE, num_steps=10, variant="inpaint", n_action_steps=8, inpaint_mask=mask))
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            prev = run(gaussian_eps, (B, T, DA), generator=g).clone()
+            new = run(gaussian_eps, (B, T, DA), generator=g, n_executed=8, delay=3)
+        return new, carry_forward(prev, 8)
+
+    frozen, y = plans("frozen")
+    soft, y_soft = plans("soft")
+    assert torch.equal(y, y_soft)
+    for new in (frozen, soft):  # both end exactly at Y where W = 1
+        torch.testing.assert_close(new[:, : START + 3], y[:, : START + 3], rtol=0, atol=1e-6)
+    ramp = slice(START + 3, START + 6)  # 0 < W < 1 there
+    frozen_gap = float((frozen[:, ramp] - y[:, ramp]).abs().mean())
+    soft_gap = float((soft[:, ramp] - y[:, ramp]).abs().mean())
+    assert soft_gap < 0.5 * frozen_gap, (soft_gap, frozen_gap)
+
+
+def test_an_unknown_inpaint_mask_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="inpaint_mask must be one of frozen, soft"):
+        RTCSampler(SCHEDULE, variant="inpaint", inpaint_mask="hard")
+
+
 def test_the_delay_is_clamped_to_the_actions_left_and_uncovered_positions_get_no_weight():
     rtc = RTCSampler(SCHEDULE, num_steps=10, n_action_steps=2)
     previous = Plan(torch.randn(1, T, DA), START, 2, 0)

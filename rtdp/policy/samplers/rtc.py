@@ -15,9 +15,11 @@ plan's actions left; s is the execution horizon, `n_action_steps`.
   v = x̂0 − ε̂ is x̂0. One vector–Jacobian product g = (∂x̂1/∂y)ᵀ (W ⊙ (Y − x̂1)) and the weight
   w = min(β, (1−τ)/τ · (τ² + (1−τ)²)/(1−τ)²) give v' = v + w·g, read back as x̂0' = y + (1−τ)·v', ε' = y − τ·v',
   and the base sampler's DDIM step (or DDPM posterior step) runs on (x̂0', ε').
-- `inpaint` (no backward pass): every step's x̂0 is replaced on the prefix by Y, soft-weighted,
-  x̂0' = x̂0 + W ⊙ (Y − x̂0), before the base step, so the iterate's prefix becomes Y noised to the next level
-  (along ε̂ for DDIM, by the DDPM posterior given Y for DDPM) and ends exactly at Y where W = 1.
+- `inpaint` (no backward pass): every step's x̂0 is replaced on the frozen prefix (W = 1: the committed past
+  and the d actions that run during the delay) by Y, x̂0' = x̂0 + M ⊙ (Y − x̂0), before the base step, so the
+  iterate's prefix becomes Y noised to the next level (along ε̂ for DDIM, by the DDPM posterior given Y for
+  DDPM) and ends exactly at Y; the rest is the model's own. `inpaint_mask=soft` uses M = W instead, pulling the
+  whole overlap toward Y by its ramp.
 
 Neither draws noise of its own, so with W = 0 both are the base sampler exactly, noise for noise. The first call
 of an episode (no previous plan) is an ordinary base sample. Gradients are enabled only around the VJP; the
@@ -41,6 +43,7 @@ from rtdp.policy.schedules import DDPMSchedule, NoiseSchedule
 from rtdp.types import PlanContext
 
 VARIANTS = ("guided", "inpaint")
+INPAINT_MASKS = ("frozen", "soft")  # inpaint where W = 1 only | by the soft prefix weights W
 PREFIX_WEIGHTS = ("linear", "exp")
 BASES = {"ddim": DDIMSampler, "ddpm": DDPMSampler}
 # why the other registered samplers cannot be RTC's base (sampler.base=...)
@@ -96,7 +99,7 @@ class RTCSampler(Sampler):
 
     def __init__(self, schedule: NoiseSchedule, base: str = "ddim", num_steps: int | None = 10,
                  variant: str = "guided", prefix_weights: str = "exp", beta: float = 10.0, n_action_steps: int = 8,
-                 eta: float = 0.0, n_obs_steps: int = 2):
+                 eta: float = 0.0, n_obs_steps: int = 2, inpaint_mask: str = "frozen"):
         if base not in BASES:
             why = NOT_A_BASE.get(base, "not a sampler RTC knows")
             raise ValueError(f"sampler=rtc wraps ddim or ddpm (sampler.base=ddim|ddpm); {base!r} cannot take "
@@ -108,6 +111,8 @@ class RTCSampler(Sampler):
                 "RTC's guidance; use sampler=ddim")
         if variant not in VARIANTS:
             raise ValueError(f"rtc: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if inpaint_mask not in INPAINT_MASKS:
+            raise ValueError(f"rtc: inpaint_mask must be one of {', '.join(INPAINT_MASKS)}, got {inpaint_mask!r}")
         if prefix_weights not in PREFIX_WEIGHTS:
             raise ValueError(f"rtc: prefix_weights must be one of {', '.join(PREFIX_WEIGHTS)}, got {prefix_weights!r}")
         if not float(beta) >= 0:
@@ -121,6 +126,7 @@ class RTCSampler(Sampler):
                 raise ValueError("rtc: eta is a DDIM option; base=ddpm takes ancestral steps")
             self.base = DDPMSampler(schedule, num_steps, n_action_steps=n_action_steps, n_obs_steps=n_obs_steps)
         self.variant, self.prefix_schedule, self.beta = variant, prefix_weights, float(beta)
+        self.inpaint_mask = inpaint_mask
         self.needs_grad = variant == "guided"  # per instance: inpainting needs no backward pass
 
     @property
@@ -178,6 +184,7 @@ class RTCSampler(Sampler):
                                "torch.inference_mode forbids: call the policy under torch.no_grad (as act() does), "
                                "or use sampler.variant=inpaint")
         vjp = 0
+        mask = weights if self.inpaint_mask == "soft" else (weights >= 1).to(weights)  # inpaint only
         call.begin(levels[:-1])
         try:
             for k, k_next in pairwise(levels):
@@ -187,7 +194,7 @@ class RTCSampler(Sampler):
                     vjp += 1
                 else:
                     x0, eps = call.predict(x, k_t)
-                    x0 = x0 + weights * (target - x0)
+                    x0 = x0 + mask * (target - x0)
                 x = self.base.step(x, k_t, k_next_t, x0, eps, generator)
         finally:
             call.end()
@@ -219,4 +226,5 @@ class RTCSampler(Sampler):
 
     def describe(self) -> dict:
         return {**super().describe(), "base": self.base.describe(), "variant": self.variant,
-                "prefix_weights": self.prefix_schedule, "beta": self.beta, "s": self.s}
+                "prefix_weights": self.prefix_schedule, "beta": self.beta, "s": self.s,
+                **({"inpaint_mask": self.inpaint_mask} if self.variant == "inpaint" else {})}
