@@ -80,7 +80,7 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write JSON atomically (temp file, fsync, rename) so a crash never leaves half a report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2, default=_default)
         f.flush()
