@@ -18,10 +18,13 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtdp.cli.args import parse_value
 from rtdp.cli.main import CLIError
+
+if TYPE_CHECKING:
+    from rtdp.hardware.curve import ServerKeys
 
 USAGE = ("rtdp serve-env task=ID [bind=tcp://127.0.0.1:5555] [pub=ADDR] [max_sessions=4] [max_message_mb=1] "
          "[keys=DIR] [safety=true] [env key=value ...]  |  rtdp serve-env keygen=DIR [key_name=client]")
@@ -197,30 +200,35 @@ def _keygen(opts: dict[str, Any]) -> int:
     return 0
 
 
+def server_keys(binds: list[str], keys_dir: str | None, insecure: bool) -> ServerKeys | None:
+    """Check a server's bind addresses and load its CURVE keys (`ServerKeys` or None), refusing a network
+    address without keys unless `insecure`; each problem is one CLIError line."""
+    from rtdp.hardware.curve import CurveKeyError, ServerKeys
+    from rtdp.hardware.endpoints import check_bind, is_loopback
+
+    for b in binds:
+        try:
+            check_bind(b)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+    keys = None
+    if keys_dir is not None:
+        try:
+            keys = ServerKeys.load(keys_dir)
+        except CurveKeyError as err:
+            raise CLIError(str(err)) from None
+    exposed = [b for b in binds if not is_loopback(b)]
+    if exposed and keys is None and not insecure:
+        raise CLIError(f"{exposed[0]} is reachable from the network: create keys with `rtdp serve-env keygen=DIR` "
+                       "and serve with keys=DIR, or pass insecure=true to serve it unauthenticated and in clear")
+    return keys
+
+
 def main(argv: list[str]) -> int:
     opts, task, kwargs = parse_args(argv)
     if opts["keygen"] is not None:
         return _keygen(opts)
-    from rtdp.hardware.curve import CurveKeyError, ServerKeys
-    from rtdp.hardware.endpoints import check_bind, is_loopback
-
-    for key in ("bind", "pub"):
-        if opts[key] is not None:
-            try:
-                check_bind(opts[key])
-            except ValueError as err:
-                raise CLIError(str(err)) from None
-    keys = None
-    if opts["keys"] is not None:
-        try:
-            keys = ServerKeys.load(opts["keys"])
-        except CurveKeyError as err:
-            raise CLIError(str(err)) from None
-    exposed = [opts[k] for k in ("bind", "pub") if opts[k] is not None and not is_loopback(opts[k])]
-    if exposed and keys is None and not opts["insecure"]:
-        raise CLIError(f"{exposed[0]} is reachable from the network: create keys with `rtdp serve-env "
-                       "keygen=DIR` and serve with keys=DIR, or pass insecure=true to serve it unauthenticated "
-                       "and in clear")
+    keys = server_keys([opts[k] for k in ("bind", "pub") if opts[k] is not None], opts["keys"], opts["insecure"])
     safety = None
     if opts["safety"] or opts["max_delta"] is not None or opts["watchdog_s"] is not None:
         safety = {"max_delta": opts["max_delta"], "watchdog_s": opts["watchdog_s"]}

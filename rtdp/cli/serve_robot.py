@@ -43,27 +43,12 @@ def main(argv: list[str]) -> int:
                                   "command_delay_s, drop_prob, obs_noise, ...; lerobot:<type>: LeRobot's config "
                                   "fields, e.g. robot.port=/dev/ttyACM0 robot.id=my_arm, plus rate_hz, max_rate, "
                                   "home).")
-    from rtdp.hardware.curve import CurveKeyError, ServerKeys
-    from rtdp.hardware.endpoints import check_bind, is_loopback
+    from rtdp.cli.serve_env import server_keys
     from rtdp.hardware.robot_server import derive_endpoint
 
     binds = [opts["bind"], opts["state_bind"] or derive_endpoint(opts["bind"], 1, "state"),
              opts["command_bind"] or derive_endpoint(opts["bind"], 2, "command")]
-    for b in binds:
-        try:
-            check_bind(b)
-        except ValueError as err:
-            raise CLIError(str(err)) from None
-    keys = None
-    if opts["keys"] is not None:
-        try:
-            keys = ServerKeys.load(opts["keys"])
-        except CurveKeyError as err:
-            raise CLIError(str(err)) from None
-    exposed = [b for b in binds if not is_loopback(b)]
-    if exposed and keys is None and not opts["insecure"]:
-        raise CLIError(f"{exposed[0]} is reachable from the network: create keys with `rtdp serve-env keygen=DIR` "
-                       "and serve with keys=DIR, or pass insecure=true to serve it unauthenticated and in clear")
+    keys = server_keys(binds, opts["keys"], opts["insecure"])
     driver = make_driver(opts["robot"], driver_options(extra))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     import zmq
