@@ -74,51 +74,47 @@ def make_driver(spec: str, kw: dict[str, Any]):
                    "package.module:Class, or the tcp:// address of `rtdp serve-robot`")
 
 
+def _lerobot_config(what: str, kind: str, kw: dict[str, Any], package: str, base: str, noun: str):
+    """LeRobot's config of choice type `kind` under `package`.`base` (robots or teleoperators), parsed by
+    draccus from `kw`; `what` is the key (`robot`, `device`) that names it in the one-line errors."""
+    try:
+        import importlib
+
+        import draccus
+        config_base = getattr(importlib.import_module(package), base)
+    except ImportError as err:
+        raise CLIError(f"{what}=lerobot:{kind} needs LeRobot ({err}): pip install -e '.[lerobot]'") from None
+    _register_all(package)
+    try:
+        config_class = config_base.get_choice_class(kind)
+    except KeyError:
+        known = ", ".join(sorted(config_base.get_known_choices()))
+        raise CLIError(f"{what}=lerobot:{kind}: LeRobot has no {noun} {kind!r}; known: {known}") from None
+    try:
+        return draccus.parse(config_class, args=[f"--{k}={_draccus(v)}" for k, v in kw.items()])
+    except SystemExit:
+        raise CLIError(f"{what}=lerobot:{kind}: LeRobot refused the options {kw} (see the message above)") from None
+
+
 def make_lerobot_robot(kind: str, kw: dict[str, Any]):
     """A LeRobot robot of config type `kind` (LeRobot parses the options, cameras included), bridged."""
     bridge = {k: kw.pop(k) for k in BRIDGE_KEYS if k in kw}
-    try:
-        import draccus
-        from lerobot.robots import RobotConfig
-        from lerobot.robots.utils import make_robot_from_config
-    except ImportError as err:
-        raise CLIError(f"robot=lerobot:{kind} needs LeRobot ({err}): pip install -e '.[lerobot]'") from None
+    config = _lerobot_config("robot", kind, kw, "lerobot.robots", "RobotConfig", "robot type")
+    from lerobot.robots.utils import make_robot_from_config
+
     from rtdp.hardware.lerobot_bridge import LeRobotRobot
 
-    _register_all("lerobot.robots")
-    try:
-        config_class = RobotConfig.get_choice_class(kind)
-    except KeyError:
-        known = ", ".join(sorted(RobotConfig.get_known_choices()))
-        raise CLIError(f"robot=lerobot:{kind}: LeRobot has no robot type {kind!r}; known: {known}") from None
-    try:
-        config = draccus.parse(config_class, args=[f"--{k}={_draccus(v)}" for k, v in kw.items()])
-    except SystemExit:
-        raise CLIError(f"robot=lerobot:{kind}: LeRobot refused the options {kw} (see the message above)") from None
     return LeRobotRobot(make_robot_from_config(config), **bridge)
 
 
 def make_lerobot_teleop(kind: str, action, kw: dict[str, Any]):
     """A LeRobot teleoperator of config type `kind` (e.g. so101_leader), bridged to `action`'s names."""
     calibrate = kw.pop("calibrate", True)
-    try:
-        import draccus
-        from lerobot.teleoperators import TeleoperatorConfig
-        from lerobot.teleoperators.utils import make_teleoperator_from_config
-    except ImportError as err:
-        raise CLIError(f"device=lerobot:{kind} needs LeRobot ({err}): pip install -e '.[lerobot]'") from None
+    config = _lerobot_config("device", kind, kw, "lerobot.teleoperators", "TeleoperatorConfig", "teleoperator")
+    from lerobot.teleoperators.utils import make_teleoperator_from_config
+
     from rtdp.hardware.lerobot_bridge import LeRobotTeleop
 
-    _register_all("lerobot.teleoperators")
-    try:
-        config_class = TeleoperatorConfig.get_choice_class(kind)
-    except KeyError:
-        known = ", ".join(sorted(TeleoperatorConfig.get_known_choices()))
-        raise CLIError(f"device=lerobot:{kind}: LeRobot has no teleoperator {kind!r}; known: {known}") from None
-    try:
-        config = draccus.parse(config_class, args=[f"--{k}={_draccus(v)}" for k, v in kw.items()])
-    except SystemExit:
-        raise CLIError(f"device=lerobot:{kind}: LeRobot refused the options {kw}") from None
     return LeRobotTeleop(action, make_teleoperator_from_config(config), calibrate=calibrate)
 
 
