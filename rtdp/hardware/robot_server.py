@@ -45,6 +45,7 @@ from rtdp.hardware.server import (
     _RateLimitedLog,
     _route_key,
     _split_route,
+    close_transport,
 )
 
 log = logging.getLogger(__name__)
@@ -201,14 +202,8 @@ class RobotServer:
         for s in (self.publisher, self.receiver):
             if s is not None:
                 s.close()
-        if not self._router.closed:
-            self._router.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        if self._own_ctx:
-            self._ctx.destroy(linger=0)
-            self._own_ctx = False
+        close_transport([self._router], self._auth, self._ctx if self._own_ctx else None)
+        self._auth, self._own_ctx = None, False
 
     def __enter__(self) -> Self:
         return self

@@ -44,6 +44,18 @@ PENALTY_S = 1.0  # after a message over the bounds, a connection's messages are 
 _PENALIZED = frozenset({P.E_LIMIT, P.E_OVERSIZED, P.E_MALFORMED})  # what a flood of bombs gets
 
 
+def close_transport(sockets: list[zmq.Socket], auth: Any, own_ctx: zmq.Context | None) -> None:
+    """Close a server's sockets without lingering, stop its CURVE authenticator (if any) and destroy the context
+    it created (`own_ctx`; None when the caller's context is shared)."""
+    for sock in sockets:
+        if not sock.closed:
+            sock.close(linger=0)
+    if auth is not None:
+        auth.stop()
+    if own_ctx is not None:
+        own_ctx.destroy(linger=0)
+
+
 @dataclass
 class _Session:
     env: gym.Env
@@ -228,14 +240,8 @@ class EnvServer:
         self._close_transport()
 
     def _close_transport(self) -> None:
-        if not self._sock.closed:
-            self._sock.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        if self._own_ctx:
-            self._ctx.destroy(linger=0)
-            self._own_ctx = False
+        close_transport([self._sock], self._auth, self._ctx if self._own_ctx else None)
+        self._auth, self._own_ctx = None, False
 
     def __enter__(self) -> Self:
         return self
