@@ -179,6 +179,32 @@ def matching_widths(n_layers: int = 8, n_heads: int = 4) -> dict[str, Any]:
                                for k in ("active", "total")}}
 
 
+def preset_accounting() -> dict[str, Any]:
+    """Untrained `policy=mode` at its configured size (cached and uncached) and the dense transformers matching
+    its active and total parameters: parameters and counted FLOPs per denoiser evaluation (MT10 observations)."""
+    from omegaconf import OmegaConf
+
+    from rtdp.policy.accounting import flops_per_evaluation, parameter_counts
+    from rtdp.policy.factory import make_policy
+
+    widths = matching_widths()
+    mode = smoke_policy_full()
+    out: dict[str, Any] = {"widths": widths}
+    for variant in ("mode", "mode_uncached"):
+        set_variant(mode, variant)
+        out[variant] = {"parameters": parameter_counts(mode.denoiser), **flops_per_evaluation(mode, fixed_obs(mode))}
+    sampler = OmegaConf.load(REPO / "rtdp" / "configs" / "sampler" / "ddim.yaml")
+    for key in ("dense_active", "dense_total"):
+        cfg = OmegaConf.load(REPO / "rtdp" / "configs" / "policy" / "transformer.yaml")
+        for item in widths[key]["override"].split()[1:]:  # policy.denoiser.KEY=VALUE
+            name, value = item.removeprefix("policy.denoiser.").split("=")
+            cfg.denoiser[name] = int(value)
+        torch.manual_seed(0)
+        dense = make_policy(cfg, sampler, MT10_OBS, MT10_ACTION_DIM).eval()
+        out[key] = {"parameters": parameter_counts(dense.denoiser), **flops_per_evaluation(dense, fixed_obs(dense))}
+    return out
+
+
 def smoke_policy_full() -> Any:
     """`policy=mode` at its configured size for MT10's observations (untrained)."""
     from omegaconf import OmegaConf
@@ -229,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.match:
         import json
 
-        print(json.dumps(matching_widths(), indent=2))
+        rec = metrics.record("mode_accounting", **preset_accounting())
+        metrics.write_json(REPO / "benchmarks" / "results" / "mode_accounting.json", rec)
+        print(json.dumps(rec, indent=2))
         return 0
     if args.smoke and Path(args.out).resolve() == (REPO / "benchmarks" / "results" / "mode.json").resolve():
         ap.error("--smoke writes untrained figures: give --out elsewhere than benchmarks/results/mode.json")
