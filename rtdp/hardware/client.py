@@ -4,8 +4,9 @@ Requests follow ZeroMQ's "lazy pirate" pattern: wait `timeout_s` for the reply, 
 the socket, open a fresh one and resend the *same* sequence number, up to `retries` times. The server
 answers a repeated sequence number from its reply cache, so a retried step is never executed twice.
 The server keeps a client's session by its connection; the reset reply carries a secret session token,
-which `RemoteEnv` sends with every later request so that the server can hand the session over to the
-fresh socket of a reconnect (and to nobody without the token).
+which `RemoteEnv` sends with every request on a fresh socket (and with every request but step and observe)
+so that the server can hand the session over to the fresh socket of a reconnect (and to nobody without the
+token).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from rtdp.hardware import protocol as P
 from rtdp.hardware.curve import ClientKeys
 from rtdp.hardware.endpoints import is_loopback
 from rtdp.hardware.spaces import space_from_dict
+
+
+_HOT = frozenset({P.STEP, P.OBSERVE})  # the per-control-step requests
 
 
 class RemoteEnvError(RuntimeError):
@@ -93,21 +97,22 @@ class RequestClient:
         """Send one request and return its reply, retrying on timeout; raise on an error reply."""
         self._seq += 1
         seq = self._seq
-        payload: dict[str, Any] = {"client": self.client_id}
-        if self._session is not None:
-            payload["session"] = self._session
-        if body:
-            payload.update(body)
-        frames = P.encode(kind, seq, payload)
+        # A step or observe on a live connection carries only its body: the server knows the connection's
+        # session. The label and the session token go with every other request, and with any request on a
+        # fresh socket (a reconnect), where the token hands the session over.
+        lean = kind in _HOT and self._sock is not None
+        frames = self._frames(kind, seq, body, lean)
         timeout_ns = max(int(self.timeout_s * 1e9), 1_000_000)
         for attempt in range(self.retries + 1):
+            if attempt and lean:
+                frames, lean = self._frames(kind, seq, body, False), False
             sock = self._connect()
             t_send = P.now_ns()
             deadline = t_send + timeout_ns
-            sock.send_multipart(frames, copy=P.copy_flag(frames))
+            P.send_frames(sock, frames)
             while P.now_ns() < deadline:
                 try:
-                    parts = sock.recv_multipart(copy=False)  # large images stay zero-copy
+                    parts = P.recv_frames(sock)  # the envelope as bytes, image frames zero-copy
                 except zmq.Again:
                     break
                 if parts and len(parts[0]) == 0:
@@ -128,6 +133,14 @@ class RequestClient:
         raise ServerGone(f"{self.service.removeprefix('rtdp ')} server at {self.address} did not answer {kind!r} "
                          f"(seq {seq}) within {self.timeout_s:g}s on {self.retries + 1} tries: is `{self.service}` "
                          f"running there and reachable{hint}?")
+
+    def _frames(self, kind: str, seq: int, body: dict[str, Any] | None, lean: bool) -> list:
+        payload: dict[str, Any] = {} if lean else {"client": self.client_id}
+        if self._session is not None and not lean:
+            payload["session"] = self._session
+        if body:
+            payload.update(body)
+        return P.encode(kind, seq, payload)
 
     def _gone(self) -> None:
         """Called when every retry went unanswered, before `ServerGone` is raised."""

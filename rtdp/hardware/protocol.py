@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import zmq
 
 from rtdp.hardware import bounds
 from rtdp.hardware.bounds import DEFAULT_LIMITS, REQUEST_LIMITS, Limits  # noqa: F401 (re-exported)
@@ -135,31 +136,60 @@ def _buffer(frame: Any) -> memoryview:
     return memoryview(frame)
 
 
+_SPECS: dict[tuple, tuple[np.dtype, tuple[int, ...], int]] = {}  # (dtype str, *shape) -> checked form
+
+
+def _checked_spec(dtype_s: Any, shape: Any) -> tuple[np.dtype, tuple[int, ...], int]:
+    """The dtype, shape and byte size a placeholder names, checked once per distinct (dtype, shape).
+
+    A control loop sends the same few array layouts every step, so the checks run once and a hit costs one
+    dict lookup (the cache stays bounded: at most 256 layouts are kept)."""
+    try:
+        key = (dtype_s, *shape)
+        hit = _SPECS.get(key)
+    except TypeError:  # unhashable parts (a nested list): not a shape
+        raise ProtocolError(E_MALFORMED, f"array shape {_short(shape)} is not a list of integers") from None
+    if hit is not None:
+        return hit
+    dims = tuple(shape) if isinstance(shape, (list, tuple)) else None
+    if dims is None or not all(type(d) is int for d in dims):  # msgpack gives exact ints (never bools)
+        raise ProtocolError(E_MALFORMED, f"array shape {_short(shape)} is not a list of integers")
+    try:
+        dtype = _dtype(dtype_s)
+    except Exception:  # noqa: BLE001 - numpy raises several types for a bad dtype string
+        raise ProtocolError(E_MALFORMED, f"array dtype {_short(dtype_s)} is not a numpy dtype string") from None
+    if dtype.kind not in _WIRE_KINDS or len(dims) > 32 or min(dims, default=0) < 0:
+        raise ProtocolError(E_MALFORMED, f"array: dtype {dtype} / shape {_short(list(dims))} not allowed")
+    checked = (dtype, dims, math.prod(dims) * dtype.itemsize)
+    if len(_SPECS) < 256:
+        _SPECS[key] = checked
+    return checked
+
+
 def _array(spec: Any, bufs: list[memoryview], used: list[int]) -> np.ndarray:
     """The array a placeholder `[frame index or inline bytes, dtype, shape]` describes (read-only view)."""
     try:
         i, dtype_s, shape = spec
-        dtype = _dtype(dtype_s)
-        shape = tuple(int(d) for d in shape)
-    except Exception:  # noqa: BLE001 - any unpacking failure means a bad spec
+    except (TypeError, ValueError):
         raise ProtocolError(E_MALFORMED, f"array spec {_short(spec)} is not [frame, dtype, shape]") from None
-    if dtype.kind not in _WIRE_KINDS or len(shape) > 32 or min(shape, default=0) < 0:
-        raise ProtocolError(E_MALFORMED, f"array: dtype {dtype} / shape {_short(list(shape))} not allowed")
+    dtype, dims, nbytes = _checked_spec(dtype_s, shape)
     if isinstance(i, bytes):  # a small array inlined in the envelope
-        buf = memoryview(i)
-    elif isinstance(i, int) and 0 <= i < len(bufs) - 1:
+        buf = i
+        size = len(i)
+    elif isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(bufs) - 1:
         buf = bufs[i + 1]
+        size = buf.nbytes
         used.append(i)
     else:
         raise ProtocolError(E_MALFORMED, f"array placeholder names frame {_short(i)}, message has "
                                          f"{len(bufs) - 1}")
-    if math.prod(shape) * dtype.itemsize != buf.nbytes:
-        raise ProtocolError(E_MALFORMED, f"array {i}: {dtype}{list(shape)} needs "
-                                         f"{math.prod(shape) * dtype.itemsize} bytes, frame has {buf.nbytes}")
+    if nbytes != size:
+        raise ProtocolError(E_MALFORMED, f"array {_short(i)}: {dtype}{list(dims)} needs {nbytes} bytes, "
+                                         f"frame has {size}")
     try:
-        return np.frombuffer(buf, dtype=dtype).reshape(shape)  # zero-copy, read-only view
-    except (ValueError, OverflowError) as err:  # e.g. a zero-size array with a dimension beyond intp
-        raise ProtocolError(E_MALFORMED, f"array {_short(i)}: shape {_short(list(shape))}: {err}") from None
+        return np.ndarray(dims, dtype, buffer=buf)  # zero-copy, read-only view
+    except (ValueError, OverflowError, TypeError) as err:  # e.g. a zero-size array with a dimension beyond intp
+        raise ProtocolError(E_MALFORMED, f"array {_short(i)}: shape {_short(list(dims))}: {err}") from None
 
 
 def decode(frames: list, max_bytes: int | None = None, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -177,9 +207,9 @@ def decode(frames: list, max_bytes: int | None = None, limits: Limits = DEFAULT_
         nbytes += b.nbytes
     if max_bytes is not None and nbytes > max_bytes:
         raise ProtocolError(E_OVERSIZED, f"message of {nbytes} bytes exceeds the limit of {max_bytes}")
-    head = bufs[0]
-    if head.nbytes > limits.max_envelope_bytes:
-        raise ProtocolError(E_LIMIT, f"envelope of {head.nbytes} bytes exceeds {limits.max_envelope_bytes}: "
+    head = frames[0] if type(frames[0]) is bytes else bufs[0]  # msgpack reads bytes faster than a view
+    if bufs[0].nbytes > limits.max_envelope_bytes:
+        raise ProtocolError(E_LIMIT, f"envelope of {bufs[0].nbytes} bytes exceeds {limits.max_envelope_bytes}: "
                                      "send arrays as frames, not inside the envelope")
     if not bounds.within_by_size(head, limits):
         try:
@@ -240,11 +270,31 @@ def _check_version(env: Any, unpack_kw: dict[str, int] | None = None) -> None:
 
 
 def copy_flag(frames: list) -> bool:
-    """pyzmq `copy=` for sending `encode`'s frames: zero-copy pays off only for large arrays."""
-    for a in frames[1:]:
-        if a.nbytes >= COPY_THRESHOLD:
+    """pyzmq `copy=` for sending frames (`encode`'s, after any routing ids): zero-copy pays off only for large
+    arrays."""
+    for a in frames:
+        if type(a) is np.ndarray and a.nbytes >= COPY_THRESHOLD:
             return False
     return True
+
+
+def send_frames(sock: zmq.Socket, frames: list) -> None:
+    """Send one message: one pyzmq call per frame (`send_multipart` adds ~4 µs of per-part checks), large
+    arrays zero-copy (see `copy_flag`)."""
+    copy = copy_flag(frames)
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        sock.send(f, zmq.SNDMORE if i < last else 0, copy=copy)
+
+
+def recv_frames(sock: zmq.Socket, n_bytes: int = 1) -> list:
+    """Receive one message: its first `n_bytes` frames as bytes (routing ids, the envelope: small, and msgpack
+    reads bytes fastest), the rest as `zmq.Frame` (array frames stay zero-copy). A `zmq.Frame` costs ~7 µs
+    more than bytes to make and read, which is most of a state round trip."""
+    frames = [sock.recv()]
+    while sock.getsockopt(zmq.RCVMORE):
+        frames.append(sock.recv() if len(frames) < n_bytes else sock.recv(copy=False))
+    return frames
 
 
 def pack(frames: list) -> bytes:

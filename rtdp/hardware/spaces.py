@@ -54,7 +54,10 @@ def check_action(space: spaces.Space, action: Any) -> Any:
             raise ValueError(f"action shape {list(a.shape)} does not match the action space {list(space.shape)}")
         if a.dtype.kind not in "biuf" or (a.dtype.kind == "f") != (np.dtype(space.dtype).kind == "f"):
             raise ValueError(f"action dtype {a.dtype} does not fit the action space dtype {space.dtype}")
-        return a.astype(space.dtype, copy=False)
+        if a.dtype == space.dtype:
+            return a
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 1e300 -> inf: the caller refuses it
+            return a.astype(space.dtype)
     if isinstance(space, spaces.Discrete):
         a = np.asarray(action)
         if a.shape != () or a.dtype.kind not in "iu":
