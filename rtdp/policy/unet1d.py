@@ -3,7 +3,9 @@
 Observation features reach every residual block through FiLM (a per-channel scale and bias), as in the
 paper. The noise level is given per action position (`[B, T]`; a `[B]` level broadcasts), embedded
 sinusoidally and added to the features of every residual block at that block's temporal resolution, so a
-chunk whose noise rises along the horizon (streaming diffusion) is a first-class input.
+chunk whose noise rises along the horizon (streaming diffusion) is a first-class input. The embedding is
+computed once per distinct level and looked up per position (`level_table`), so per-position levels cost a
+training step no more than one timestep per sample does.
 """
 
 from __future__ import annotations
@@ -51,16 +53,35 @@ class ConditionalResidualBlock1D(nn.Module):
         self.residual_conv = (nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels
                               else nn.Identity())
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, level_emb: torch.Tensor) -> torch.Tensor:
-        """x `[B, C, L]`, cond `[B, Dc]`, level_emb `[B, Dl, T]` at full horizon (pooled to L here)."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor,
+                levels: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        """x `[B, C, L]`, cond `[B, Dc]`, levels from `ConditionalUnet1D.level_table` at full horizon (pooled
+        to L here); a table of distinct levels is projected once, then each position looks its row up."""
         out = self.blocks[0](x)
         scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
-        out = out * scale + bias
-        level = self.level_proj(level_emb.transpose(1, 2)).transpose(1, 2)
-        if level.shape[-1] != out.shape[-1]:
-            level = F.adaptive_avg_pool1d(level, out.shape[-1])
-        out = self.blocks[1](out + level)
+        level = self._level(levels, out.shape[-1])
+        if self.training:  # one fused pass over the features (bias + level is [B, C, 1] for per-sample levels)
+            out = torch.addcmul(bias + level, out, scale)
+        else:  # the order the golden plans were written in
+            out = out * scale + bias + level
+        out = self.blocks[1](out)
         return out + self.residual_conv(x)
+
+    def _level(self, levels: tuple[torch.Tensor, torch.Tensor | None], length: int) -> torch.Tensor:
+        """This block's level features `[B, C, L]` (or `[B, C, 1]`, broadcast) at resolution `length`."""
+        table, index = levels
+        proj = self.level_proj(table)
+        if index is not None:  # a table of distinct levels [U, C], looked up per position
+            level = F.embedding(index, proj)  # [B, T, C]
+            batch, horizon, _ = level.shape
+            if horizon != length:  # this block's resolution: the mean over each window of T / L positions
+                level = level.view(batch, length, horizon // length, -1).mean(dim=2)
+            level = level.transpose(1, 2)
+        else:  # [B, T or 1, C]: per position, or one level per sample (broadcast)
+            level = proj.transpose(1, 2)
+            if level.shape[-1] not in (1, length):
+                level = F.adaptive_avg_pool1d(level, length)
+        return level
 
 
 class ConditionalUnet1D(Denoiser):
@@ -114,13 +135,30 @@ class ConditionalUnet1D(Denoiser):
         cfg["down_dims"] = tuple(cfg.get("down_dims", (256, 512, 1024)))
         return cls(spec.action_dim, spec.cond_dim, spec.n_obs_steps, **cfg)
 
+    def level_table(self, level: torch.Tensor | float, batch: int, horizon: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The level embedding every block projects: `(table [U, Dl], index [B, T])` in training, else
+        `([B, T, Dl], None)` per position.
+
+        In training the table holds the distinct levels of the batch (at most the schedule's step count,
+        against 256 x 16 positions) and a `[B]` level one row per sample (`[B, 1, Dl]`), so per-position
+        levels cost a step no more than one timestep per sample does. In eval each position keeps its own
+        row: fixed shapes for the exported and CUDA-graph backends, and the same numbers as the golden plans.
+        """
+        level = torch.as_tensor(level, device=device)
+        if not self.training:
+            return self.level_encoder(per_position_levels(level, batch, horizon, device)), None
+        if level.ndim <= 1:
+            return self.level_encoder(per_position_levels(level, batch, 1, device)), None
+        distinct, index = torch.unique(per_position_levels(level, batch, horizon, device), return_inverse=True)
+        return self.level_encoder(distinct), index
+
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         batch, horizon, _ = x.shape
         if horizon % (2 ** self.n_down):
             raise ValueError(f"horizon {horizon} must be divisible by {2 ** self.n_down} for this U-Net "
                              f"({self.n_down} downsamplings); change horizon or down_dims")
-        levels = per_position_levels(level, batch, horizon, x.device)
-        level_emb = self.level_encoder(levels).transpose(1, 2)  # [B, Dl, T]
+        level_emb = self.level_table(level, batch, horizon, x.device)
         global_cond = cond.reshape(batch, -1)
         h = x.transpose(1, 2)
         skips = []

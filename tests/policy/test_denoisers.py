@@ -63,6 +63,34 @@ def test_per_position_levels_reach_the_output(denoiser):
     assert (a - b).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("levels", ["per_position", "per_sample"])
+def test_unet_training_embeds_each_distinct_level_once_with_the_same_output_and_gradients(levels):
+    """Training projects a table of the batch's distinct levels (per-sample: one row each) instead of every
+    position; its loss and gradients equal the per-position path eval keeps."""
+    net = small("unet1d")
+    x, cond = inputs()
+    g = torch.Generator().manual_seed(2)
+    level = (torch.randint(0, 100, (B, T), generator=g) if levels == "per_position"
+             else torch.randint(0, 100, (B,), generator=g)).float()
+    grads, outs = {}, {}
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        net.zero_grad()
+        out = net(x, level, cond)
+        (out**2).mean().backward()
+        outs[mode] = out.detach()
+        grads[mode] = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.train()
+    table, index = net.level_table(level, B, T, x.device)
+    if levels == "per_position":
+        assert table.shape[0] == len(torch.unique(level)) and index.shape == (B, T)
+    else:
+        assert table.shape[:2] == (B, 1) and index is None
+    torch.testing.assert_close(outs["train"], outs["eval"], rtol=0, atol=1e-5)
+    for name, grad in grads["eval"].items():
+        torch.testing.assert_close(grads["train"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_bad_level_shapes_are_rejected_with_the_expected_shapes(denoiser):
     x, cond = inputs()
     with pytest.raises(ValueError, match=r"\[B\] or \[B, T\]"):
