@@ -5,7 +5,7 @@ is carried) runs on the same seeded episodes (default 300000…, n_envs 10); the
 mean max-coverage) is the one `benchmarks/streaming.py --authors-set …` then reports on seeds 200000….
 Writes `benchmarks/results/rti_tuning.json` (one entry per task, updated per run) and prints it.
 
-    .venv/bin/python benchmarks/rti_tuning.py --tasks pusht arm [--episodes 50] [--seed 300000]
+    .venv/bin/python benchmarks/rti_tuning.py --tasks pusht arm [--episodes 50] [--seed 300000] [--arm-ckpt RUN]
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", nargs="+", default=["[2,1,0]", "[4,2,0]"],
                     help="step lists to try (training levels, at most 3 each for <= 3 NFE per step)")
     ap.add_argument("--gripper", nargs="+", default=["scale", "clip/5"], choices=list(GRIPPER))
+    ap.add_argument("--pusht-ckpt", default=CKPT["pusht"])
+    ap.add_argument("--arm-ckpt", default=CKPT["arm"])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rti_tuning.json"))
     args = ap.parse_args(argv)
+    ckpts = {"pusht": args.pusht_ckpt, "arm": args.arm_ckpt}
     os.environ.setdefault("MUJOCO_GL", "egl")
     from rtdp.envs.evaluate import evaluate
     from rtdp.policy.loading import load_policy
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = dict(tasks.get(task, {}).get("candidates", {}))  # earlier candidates on the same seeds stay
         for label, overrides in candidates(task, args.steps, args.gripper).items():
             t0 = time.perf_counter()
-            policy = load_policy(CKPT[task], overrides)
+            policy = load_policy(ckpts[task], overrides)
             torch.manual_seed(args.seed)
             rec = evaluate(policy, env_id, n_episodes=args.episodes, seed=args.seed, n_envs=args.n_envs,
                            obs_mode=policy.config.task.env.get("obs_mode"), max_steps=max_steps, progress=False)
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
         score = "mean_max_coverage" if task == "pusht" else "success_rate"
         best = max(rows, key=lambda k: rows[k][score])
-        tasks[task] = {"checkpoint": str(Path(CKPT[task]).resolve()), "seeds": [args.seed, args.seed + args.episodes - 1],
+        tasks[task] = {"checkpoint": str(Path(ckpts[task]).resolve()), "seeds": [args.seed, args.seed + args.episodes - 1],
                        "score": score, "candidates": rows, "best": best, "best_overrides": rows[best]["overrides"],
                        "loadavg_after": list(os.getloadavg()),
                        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
