@@ -177,11 +177,12 @@ def sdp_step_case(policy: Any) -> Callable[[], Any]:
 
 # ------------------------------------------------------------------------------------------------ runner
 def interleaved(cases: dict[str, Callable[[], Any]], threads: list[int], rounds: int,
-                warmup: int = 3) -> dict[int, dict[str, list[float]]]:
-    """Wall time of every case once per round at each thread count, the order rotating between rounds."""
+                warmup: int = 3, grad: bool = False) -> dict[int, dict[str, list[float]]]:
+    """Wall time of every case once per round at each thread count, the order rotating between rounds
+    (`grad`: with autograd on, for training steps)."""
     names = list(cases)
     out = {t: {n: [] for n in names} for t in threads}
-    with torch.no_grad():
+    with torch.enable_grad() if grad else torch.no_grad():
         for t in threads:
             torch.set_num_threads(t)
             for _ in range(warmup):

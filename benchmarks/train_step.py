@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from backends import interleaved  # benchmarks/backends.py: the same rotating, interleaved rounds
 
 from rtdp import metrics
 
@@ -108,28 +109,6 @@ def lerobot_case(batch: int) -> Callable[[], float]:
     return step
 
 
-def interleaved(cases: dict[str, Callable[[], float]], threads: list[int], rounds: int,
-                warmup: int = 2) -> dict[int, dict[str, list[float]]]:
-    """Seconds per step of every case, once per round at each thread count, the order rotating."""
-    names = list(cases)
-    out = {t: {n: [] for n in names} for t in threads}
-    for t in threads:
-        torch.set_num_threads(t)
-        for _ in range(warmup):
-            for n in names:
-                cases[n]()
-    for r in range(rounds):
-        for t in threads:
-            torch.set_num_threads(t)
-            shift = r % len(names)
-            for n in names[shift:] + names[:shift]:
-                t0 = time.perf_counter()
-                cases[n]()
-                out[t][n].append(time.perf_counter() - t0)
-        print(f"[train_step] round {r + 1}/{rounds}", file=sys.stderr, flush=True)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
@@ -148,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         cases["rtdp/sdp_unet_dense_levels"] = rtdp_case("sdp_unet", args.batch, dense_levels=True)
     if not args.no_lerobot:
         cases["lerobot"] = lerobot_case(args.batch)
-    times = interleaved(cases, args.threads, args.rounds)
+    times = interleaved(cases, args.threads, args.rounds, warmup=2, grad=True)
     results: dict[str, Any] = {}
     for t in args.threads:
         s = {n: metrics.summarize_latencies(v) for n, v in times[t].items()}

@@ -24,7 +24,6 @@ from rtdp.hardware.curve import ClientKeys
 from rtdp.hardware.endpoints import is_loopback
 from rtdp.hardware.spaces import space_from_dict
 
-
 _HOT = frozenset({P.STEP, P.OBSERVE})  # the per-control-step requests
 
 
