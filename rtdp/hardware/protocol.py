@@ -279,8 +279,8 @@ def copy_flag(frames: list) -> bool:
 
 
 def send_frames(sock: zmq.Socket, frames: list) -> None:
-    """Send one message: one pyzmq call per frame (`send_multipart` adds ~4 µs of per-part checks), large
-    arrays zero-copy (see `copy_flag`)."""
+    """Send one message: one pyzmq call per frame (`send_multipart` adds per-part checks), large arrays
+    zero-copy (see `copy_flag`)."""
     copy = copy_flag(frames)
     last = len(frames) - 1
     for i, f in enumerate(frames):
@@ -289,8 +289,8 @@ def send_frames(sock: zmq.Socket, frames: list) -> None:
 
 def recv_frames(sock: zmq.Socket, n_bytes: int = 1) -> list:
     """Receive one message: its first `n_bytes` frames as bytes (routing ids, the envelope: small, and msgpack
-    reads bytes fastest), the rest as `zmq.Frame` (array frames stay zero-copy). A `zmq.Frame` costs ~7 µs
-    more than bytes to make and read, which is most of a state round trip."""
+    reads bytes fastest), the rest as `zmq.Frame` (array frames stay zero-copy). A `zmq.Frame` costs more
+    than bytes to make and read, which matters for the small messages of a state round trip."""
     frames = [sock.recv()]
     while sock.getsockopt(zmq.RCVMORE):
         frames.append(sock.recv() if len(frames) < n_bytes else sock.recv(copy=False))

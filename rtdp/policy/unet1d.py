@@ -158,18 +158,18 @@ class ConditionalUnet1D(Denoiser):
         if horizon % (2 ** self.n_down):
             raise ValueError(f"horizon {horizon} must be divisible by {2 ** self.n_down} for this U-Net "
                              f"({self.n_down} downsamplings); change horizon or down_dims")
-        level_emb = self.level_table(level, batch, horizon, x.device)
+        levels = self.level_table(level, batch, horizon, x.device)
         global_cond = cond.reshape(batch, -1)
         h = x.transpose(1, 2)
         skips = []
         for res1, res2, down in self.down_modules:
-            h = res2(res1(h, global_cond, level_emb), global_cond, level_emb)
+            h = res2(res1(h, global_cond, levels), global_cond, levels)
             skips.append(h)
             h = down(h)
         for res in self.mid_modules:
-            h = res(h, global_cond, level_emb)
+            h = res(h, global_cond, levels)
         for res1, res2, up in self.up_modules:
             h = torch.cat([h, skips.pop()], dim=1)
-            h = res2(res1(h, global_cond, level_emb), global_cond, level_emb)
+            h = res2(res1(h, global_cond, levels), global_cond, levels)
             h = up(h)
         return self.final_conv(h).transpose(1, 2)
