@@ -34,6 +34,21 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (float(ci.low), float(ci.high))
 
 
+def ratio_interval(k1: int, n1: int, k0: int, n0: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """The ratio of two success rates (k1/n1 over k0/n0) with its Katz log interval; a zero count takes the
+    usual 0.5 correction so the interval stays finite. Returns (ratio, low, high)."""
+    from scipy.stats import norm
+
+    if n1 < 1 or n0 < 1:
+        raise ValueError(f"a ratio of rates needs n >= 1 on both sides, got {n1} and {n0}")
+    if k0 == 0 or k1 == 0:
+        k1, k0, n1, n0 = k1 + 0.5, k0 + 0.5, n1 + 0.5, n0 + 0.5
+    ratio = (k1 / n1) / (k0 / n0)
+    se = float(np.sqrt(max(1 / k1 - 1 / n1 + 1 / k0 - 1 / n0, 0.0)))
+    z = float(norm.ppf(0.5 + confidence / 2))
+    return float(ratio), float(ratio * np.exp(-z * se)), float(ratio * np.exp(z * se))
+
+
 def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95) -> tuple[float, float]:
     """A Student-t interval of a mean (e.g. PushT's mean max-coverage over episodes)."""
     from scipy.stats import t

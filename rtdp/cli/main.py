@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("rtdp.cli.collect", "collect scripted-expert demonstrations into a replay buffer"),
     "train": ("rtdp.cli.train", "train a diffusion policy (hydra overrides: policy=... task=...)"),
     "eval": ("rtdp.cli.evaluate", "evaluate a checkpoint or expert on seeded episodes"),
+    "bench": ("rtdp.cli.bench", "run a benchmark suite (rows of checkpoint x sampler x seeds) and write its report"),
     "serve-env": ("rtdp.cli.serve_env", "serve an rtdp gymnasium env over ZeroMQ"),
     "run": ("rtdp.cli.run", "run a policy in a fixed-rate control loop against a local or remote env"),
     "calibrate-rti": ("rtdp.cli.calibrate_rti", "sweep the RTI warm-start level tau and pick one"),

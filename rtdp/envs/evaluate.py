@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def make_vector_env(task_id: str, n_envs: int = 2, obs_mode: str | None = None, 
 
 def evaluate(agent: Agent, task_id: str, n_episodes: int = 50, seed: int = 0, n_envs: int = 2,
              obs_mode: str | None = None, max_steps: int | None = None, video_dir: str | Path | None = None,
-             n_videos: int = 0, progress: bool = True, env_kwargs: dict[str, Any] | None = None,
+             n_videos: int = 0, progress: bool | Callable[[int], None] = True, env_kwargs: dict[str, Any] | None = None,
              out_dir: str | Path | None = None, delay: int = 0, execution: str = "naive",
              timing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run `agent` on episodes `seed … seed+n_episodes-1`; success rate, coverage (PushT), lengths, seams, videos.
@@ -316,12 +317,16 @@ def write_report(rec: dict[str, Any], out_dir: str | Path) -> Path:
 
 
 class _progress:
-    """A rich progress bar over episodes (or nothing), used as `with _progress(...) as advance:`."""
+    """A rich progress bar over episodes, nothing, or the caller's `advance(n)` (`rtdp bench` counts a row's
+    episodes in its parent process), used as `with _progress(...) as advance:`."""
 
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
+    def __init__(self, enabled: bool | Callable[[int], None], total: int, label: str):
+        self.callback = enabled if callable(enabled) else None
+        self.enabled, self.total, self.label = bool(enabled) and self.callback is None, total, label
 
     def __enter__(self):
+        if self.callback is not None:
+            return self.callback
         if not self.enabled:
             return lambda n: None
         from rich.progress import Progress

@@ -1,0 +1,147 @@
+"""The report of a results folder, from its saved JSON alone: `report.md` with one table per task (success with
+Wilson 95% intervals, NFE per action, batch-1 latency, replanning interval, seam jerk, ratios to the group's
+baseline) and `success_vs_compute.png`. Speed ratios are given only between rows measured in one run."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from rtdp import metrics
+
+COLUMNS = ("row", "seeds", "success [95% CI]", "coverage", "NFE / action", "plan p50 / p99 (ms)",
+           "ms / step", "actions / plan", "seam jerk", "success ÷ baseline [95% CI]", "ms / step ÷ baseline")
+
+
+def load_results(results: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The row records (`rows/*.json`) and run records (`runs/*.json`) of a results folder."""
+    results = Path(results)
+    if not (results / "rows").is_dir():
+        raise FileNotFoundError(f"{results} holds no rows/ folder: not a `rtdp bench` results folder")
+    rows = [json.loads(p.read_text()) for p in sorted((results / "rows").glob("*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
+    return rows, runs
+
+
+def group_of(rec: dict[str, Any]) -> str:
+    return rec["row"].get("group") or rec.get("task") or rec["row"].get("task") or "(task unknown)"
+
+
+def _successes(rec: dict[str, Any]) -> tuple[int, int]:
+    score = rec["score"]
+    return round(score["success_rate"] * score["n"]), int(score["n"])
+
+
+def _ms_per_step(rec: dict[str, Any]) -> float | None:
+    return rec["timing"]["wall_ms_per_step"] if rec.get("timing") else None
+
+
+def table_rows(recs: list[dict[str, Any]]) -> list[list[str]]:
+    """One group's table: finished rows with their figures, missing and failed rows with why."""
+    base = next((r for r in recs if r["row"].get("baseline") and r.get("status") == "done"), None)
+    out = []
+    for rec in recs:
+        row = rec["row"]
+        seeds = f"{row['seed']}–{row['seed'] + row['episodes'] - 1} ({row.get('seed_role', 'report')})"
+        if rec.get("status") != "done":
+            out.append([row["name"], seeds, f"{rec.get('status')}: {rec.get('why', '')}"] + [""] * (len(COLUMNS) - 3))
+            continue
+        k, n = _successes(rec)
+        lo, hi = rec["score"]["success_ci95"]
+        cov = rec["score"].get("mean_max_coverage")
+        t = rec.get("timing")
+        ratio, speed = "", ""
+        if base is not None and rec is not base:
+            r, rlo, rhi = metrics.ratio_interval(k, n, *_successes(base))
+            ratio = f"{r:.2f} [{rlo:.2f}, {rhi:.2f}]"
+            if _ms_per_step(rec) and _ms_per_step(base):
+                speed = (f"{_ms_per_step(rec) / _ms_per_step(base):.2f}" if rec.get("run_id") == base.get("run_id")
+                         else "other run")
+        name = row["name"] + (" (baseline)" if rec is base else "")
+        out.append([name, seeds, f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]", "" if cov is None else f"{cov:.3f}",
+                    f"{rec['nfe_per_action']:.2f}",
+                    f"{t['latency']['p50_ms']:.1f} / {t['latency']['p99_ms']:.1f}" if t else "",
+                    f"{t['wall_ms_per_step']:.2f}" if t else "", f"{rec['actions_per_plan']:.1f}",
+                    f"{rec['seams']['jerk_mean']:.3g}" if rec["seams"].get("jerk_mean") is not None else "",
+                    ratio, speed])
+    return out
+
+
+def plot(groups: dict[str, list[dict[str, Any]]], png: Path) -> Path | None:
+    """Success (Wilson 95% error bars) against NFE per action and against ms per control step, a row of panels
+    per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = {g: [r for r in recs if r.get("status") == "done"] for g, recs in groups.items()}
+    done = {g: recs for g, recs in done.items() if recs}
+    if not done:
+        return None
+    fig, axes = plt.subplots(len(done), 2, figsize=(10, 3.4 * len(done)), squeeze=False)
+    data: dict[str, Any] = {}
+    for i, (group, recs) in enumerate(done.items()):
+        data[group] = []
+        for rec in recs:
+            k, n = _successes(rec)
+            lo, hi = rec["score"]["success_ci95"]
+            p = k / n
+            point = {"row": rec["row"]["name"], "success": p, "ci95": [lo, hi], "nfe_per_action": rec["nfe_per_action"],
+                     "ms_per_step": _ms_per_step(rec)}
+            data[group].append(point)
+            for j, x in enumerate((point["nfe_per_action"], point["ms_per_step"])):
+                if x is None:
+                    continue
+                axes[i, j].errorbar([x], [p], yerr=[[p - lo], [hi - p]], fmt="o", capsize=3)
+                axes[i, j].annotate(point["row"], (x, p), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for j, label in enumerate(("NFE per executed action", "wall ms per control step (batch 1)")):
+            axes[i, j].set_xscale("log")
+            axes[i, j].set_xlabel(label)
+            axes[i, j].set_ylabel("success")
+            axes[i, j].set_ylim(-0.05, 1.05)
+            axes[i, j].set_title(group, fontsize=9)
+            axes[i, j].grid(alpha=0.3)
+    fig.tight_layout()
+    metrics.save_figure(fig, png, {"groups": data})
+    plt.close(fig)
+    return png
+
+
+def build_report(results: str | Path) -> Path:
+    """Write `<results>/report.md` and `success_vs_compute.png` from the saved JSON; returns the report's path."""
+    results = Path(results)
+    recs, runs = load_results(results)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in recs:
+        groups[group_of(rec)].append(rec)
+    png = plot(groups, results / "success_vs_compute.png")
+    lines = [f"# Benchmark report: {results.name}", ""]
+    if runs:
+        machine = runs[-1].get("machine", {})
+        lines += [(f"Machine: {machine.get('cpus')} CPUs, {machine.get('platform')}. Runs (each row's speed figures "
+                  "come from the run that made it; speed ratios are given only within one run):"), ""]
+        for run in runs:
+            load = run.get("loadavg_start", [None])[0]
+            lines.append(f"- `{run['run_id']}`: started {run.get('created')}, {run.get('workers')} workers, "
+                         f"1-min load {load:.2f} at start" + (f", {run['loadavg_end'][0]:.2f} at end"
+                                                               if run.get("loadavg_end") else "") +
+                         f"; rows {', '.join(run.get('rows', [])) or '(none)'}")
+        lines.append("")
+    lines += [("Success is the fraction of seeded episodes that succeed, with its Wilson 95% interval; the seed "
+              "range says whether those seeds were used for tuning or are held out for reporting. Plan latency and "
+              "ms per control step come from a batch-1 timing run after the episodes (one torch thread). The "
+              "ratio to the baseline carries a Katz 95% interval."), ""]
+    for group, group_recs in groups.items():
+        lines += [f"## {group}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(group_recs)]
+        lines.append("")
+    if png is not None:
+        lines += [f"![success against compute]({png.name})", ""]
+    path = results / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path

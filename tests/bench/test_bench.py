@@ -1,0 +1,175 @@
+"""`rtdp bench`: a suite is checked before it runs, its rows run in worker processes and resume after a kill,
+and the report is rebuilt from the saved JSON alone, with Wilson intervals and ratio intervals that are right."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_module
+
+from rtdp.bench.report import build_report
+from rtdp.bench.runner import row_paths, run_suite
+from rtdp.bench.suite import SuiteError, load_suite
+from rtdp.cli.main import main as rtdp_main
+from rtdp.datasets import ReplayBuffer
+from rtdp.datasets.dataset import SequenceDataset
+from rtdp.metrics import ratio_interval, wilson_interval
+from rtdp.policy.factory import make_policy
+from rtdp.train.checkpoint import save_checkpoint
+from rtdp.train.trainer import data_meta
+
+REPO = Path(__file__).resolve().parents[2]
+OBS = {"keypoint": {"source": "keypoint"}, "agent_pos": {"source": "state", "columns": [0, 2]}}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(pusht_zarr, tmp_path_factory):
+    """A tiny sdp_unet trained for 30 steps on 8 PushT episodes, saved as an `rtdp train` checkpoint."""
+    torch.manual_seed(0)
+    with initialize_config_module("rtdp.configs", version_base=None):
+        cfg = compose("train", overrides=["policy=sdp_unet", "task=pusht_keypoints", f"task.dataset.path={pusht_zarr}",
+                                          "policy.denoiser.down_dims=[16,32]", "policy.denoiser.level_embed_dim=32"])
+    buf = ReplayBuffer.copy_to_memory(ReplayBuffer.open(pusht_zarr, "r"), ["keypoint", "state", "action"])
+    mask = np.zeros(buf.n_episodes, dtype=bool)
+    mask[:8] = True
+    ds = SequenceDataset(buf, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=8,
+                         episode_mask=mask)
+    ds.normalizer = normalizer = ds.get_normalizer()
+    meta = data_meta(ds)
+    policy = make_policy(cfg.policy, cfg.sampler, meta["obs_shapes"], 2, normalizer)
+    opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    for _ in range(30):
+        loss, _ = policy.compute_loss(ds.sample_batch(rng.integers(0, len(ds), 32)), generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    run = tmp_path_factory.mktemp("bench_ckpt")
+    save_checkpoint(run, 30, model=policy, ema_model=None, normalizer=normalizer, config=cfg, data_meta=meta)
+    return run
+
+
+def write_suite(path: Path, results: Path, rows: list[dict], **top) -> Path:
+    path.write_text(yaml.safe_dump({"name": "tiny", "results": str(results), "workers": 2, **top,
+                                    "defaults": {"max_steps": 24, "n_envs": 1, "timing_calls": 2, "seed": 5000},
+                                    "rows": rows}))
+    return path
+
+
+def rows_for(ckpt: Path) -> list[dict]:
+    return [{"name": "ddim2", "checkpoint": str(ckpt), "overrides": ["sampler=ddim", "sampler.num_steps=2"],
+             "episodes": 2, "baseline": True},
+            {"name": "sdp", "checkpoint": str(ckpt), "overrides": ["sampler=sdp"], "episodes": 2}]
+
+
+def test_wilson_intervals_match_known_values():
+    assert wilson_interval(45, 50) == pytest.approx((0.7864, 0.9565), abs=1e-4)
+    assert wilson_interval(0, 50) == pytest.approx((0.0, 0.0713), abs=1e-4)
+    assert wilson_interval(50, 50) == pytest.approx((0.9287, 1.0), abs=1e-4)
+
+
+def test_ratio_interval_is_katzs_log_interval_and_stays_finite_at_zero():
+    # 45/50 over 47/50: se = sqrt(1/45 - 1/50 + 1/47 - 1/50) = 0.05916, ratio 0.9574 * exp(±1.96 se)
+    assert ratio_interval(45, 50, 47, 50) == pytest.approx((0.9574, 0.8526, 1.0751), abs=1e-4)
+    r, lo, hi = ratio_interval(0, 50, 10, 50)
+    assert 0 < lo < r < hi < 1
+    with pytest.raises(ValueError, match="n >= 1"):
+        ratio_interval(1, 0, 1, 5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rows": [{"name": "a", "checkpoint": "x", "sampler": "ddim"}]}, "unknown key 'sampler'"),
+    ({"rows": [{"name": "a", "checkpoint": "x"}, {"name": "a", "checkpoint": "y"}]}, "two rows are named 'a'"),
+    ({"rows": [{"name": "a", "checkpoint": "x", "backend": "tensorrt"}]}, "backend must be one of"),
+    ({"rows": [{"name": "a", "checkpoint": "x", "episodes": 0}]}, "episodes must be an integer >= 1"),
+    ({"rows": [{"name": "a", "checkpoint": "x", "seed_role": "test"}]}, "seed_role must be"),
+    ({"rows": [{"name": "a"}]}, "needs checkpoint: PATH"),
+    ({"rows": []}, "'rows' must be a non-empty list"),
+    ({"on_missing": "download", "rows": [{"name": "a", "checkpoint": "x"}]}, "on_missing must be"),
+])
+def test_a_bad_suite_is_refused_in_one_line_naming_the_row_and_key(tmp_path, capsys, change, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", **change}))
+    with pytest.raises(SuiteError, match=message):
+        load_suite(path)
+    assert rtdp_main(["bench", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message.split("'")[0] in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_tiny_suite_runs_end_to_end_and_its_report_shows_every_row(tiny_ckpt, tmp_path, capsys):
+    results = tmp_path / "results"
+    rows = rows_for(tiny_ckpt) + [{"name": "absent", "checkpoint": str(tmp_path / "nope"), "episodes": 2}]
+    suite = write_suite(tmp_path / "suite.yaml", results, rows)
+    assert rtdp_main(["bench", str(suite), "--no-progress"]) == 1  # a missing checkpoint is not a success
+    out = capsys.readouterr().out
+    assert "ddim2: done" in out and "sdp: done" in out and "absent: missing" in out
+    ddim = json.loads((results / "rows" / "ddim2.json").read_text())
+    sdp = json.loads((results / "rows" / "sdp.json").read_text())
+    assert ddim["status"] == "done" and ddim["score"]["n"] == 2 and ddim["task"] == "pusht"
+    assert [e["seed"] for e in ddim["episodes"]] == [5000, 5001]
+    assert ddim["nfe_per_action"] == pytest.approx(2 / 8)  # 2 DDIM steps per plan of 8 executed actions
+    assert sdp["actions_per_plan"] == 1 and sdp["timing"]["nfe_per_step"] == pytest.approx(1.0)  # SDP, steady
+    assert ddim["timing"]["calls"] == 2 and ddim["run_id"] == sdp["run_id"]
+    report = (results / "report.md").read_text()
+    assert "| ddim2 (baseline) |" in report and "| sdp |" in report and "missing: checkpoint" in report
+    assert (results / "success_vs_compute.png").is_file()
+
+
+def test_the_report_regenerates_from_saved_json_alone(tiny_ckpt, tmp_path):
+    results = tmp_path / "results"
+    run_suite(load_suite(write_suite(tmp_path / "suite.yaml", results, rows_for(tiny_ckpt))), progress=False)
+    first = build_report(results).read_text()
+    copy = tmp_path / "copy" / "results"
+    shutil.copytree(results / "rows", copy / "rows")
+    shutil.copytree(results / "runs", copy / "runs")
+    assert build_report(copy).read_text() == first
+    with pytest.raises(FileNotFoundError, match="not a `rtdp bench` results folder"):
+        build_report(tmp_path / "empty")
+
+
+def test_a_killed_suite_resumes_with_finished_rows_kept_and_the_killed_row_rerun(tiny_ckpt, tmp_path, capsys):
+    results = tmp_path / "results"
+    rows = [{"name": "quick", "checkpoint": str(tiny_ckpt), "overrides": ["sampler=sdp"], "episodes": 1},
+            {"name": "long", "checkpoint": str(tiny_ckpt), "overrides": ["sampler=sdp"], "episodes": 16,
+             "max_steps": 200}]
+    suite = write_suite(tmp_path / "suite.yaml", results, rows, workers=1)
+    proc = subprocess.Popen([sys.executable, "-m", "rtdp.cli.main", "bench", str(suite), "--no-progress"],
+                            cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quick, long_ = row_paths(results, "quick"), row_paths(results, "long")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (quick["result"].is_file() and long_["progress"].is_file()
+                                               and long_["progress"].read_text() not in ("", "0")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-row
+    proc.wait()
+    assert quick["result"].is_file() and not long_["result"].is_file()
+    kept = quick["result"].stat().st_mtime_ns
+    assert rtdp_main(["bench", str(suite), "--no-progress"]) == 2  # finished rows are not overwritten silently
+    assert "--resume" in capsys.readouterr().err
+    assert rtdp_main(["bench", str(suite), "--resume", "--no-progress"]) == 0
+    assert quick["result"].stat().st_mtime_ns == kept
+    rec = json.loads(long_["result"].read_text())
+    assert rec["status"] == "done" and rec["score"]["n"] == 16
+    assert len(list((results / "runs").glob("*.json"))) == 2
+
+
+def test_only_runs_the_named_rows_and_an_unknown_name_lists_the_rows(tiny_ckpt, tmp_path, capsys):
+    results = tmp_path / "results"
+    suite = write_suite(tmp_path / "suite.yaml", results, rows_for(tiny_ckpt))
+    assert rtdp_main(["bench", str(suite), "--only", "sdp", "--no-progress"]) == 0
+    assert (results / "rows" / "sdp.json").is_file() and not (results / "rows" / "ddim2.json").exists()
+    assert rtdp_main(["bench", str(suite), "--only", "ddim3", "--no-progress"]) == 2
+    assert "its rows: ddim2, sdp" in capsys.readouterr().err
