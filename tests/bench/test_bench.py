@@ -173,3 +173,22 @@ def test_only_runs_the_named_rows_and_an_unknown_name_lists_the_rows(tiny_ckpt, 
     assert (results / "rows" / "sdp.json").is_file() and not (results / "rows" / "ddim2.json").exists()
     assert rtdp_main(["bench", str(suite), "--only", "ddim3", "--no-progress"]) == 2
     assert "its rows: ddim2, sdp" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_trained_from_the_rows_preset_when_the_suite_says_so(pusht_zarr, tmp_path, capsys):
+    results, run = tmp_path / "results", tmp_path / "run"
+    preset = ["policy=sdp_unet", "task=pusht_keypoints", f"task.dataset.path={pusht_zarr}",
+              "policy.denoiser.down_dims=[16,32]", "policy.denoiser.level_embed_dim=32", "training.num_steps=4",
+              "training.batch_size=8", "training.val_every=0"]
+    rows = [{"name": "trained", "checkpoint": str(run), "train": preset, "overrides": ["sampler=sdp"], "episodes": 1,
+             "timing_calls": 0},
+            {"name": "untrainable", "checkpoint": str(tmp_path / "bad"), "train": ["policy=no_such_policy"],
+             "episodes": 1}]
+    suite = write_suite(tmp_path / "suite.yaml", results, rows, on_missing="train")
+    assert rtdp_main(["bench", str(suite), "--no-progress"]) == 1
+    assert "trained: done" in capsys.readouterr().out
+    assert (run / "checkpoints").is_dir()
+    assert json.loads((results / "rows" / "trained.json").read_text())["score"]["n"] == 1
+    bad = json.loads((results / "rows" / "untrainable.json").read_text())
+    assert bad["status"] == "missing" and "training failed" in bad["why"]
+    assert (results / "logs" / f"train-{str(tmp_path / 'bad').strip('/').replace('/', '_')}.log").is_file()
