@@ -18,6 +18,10 @@ crash loses nothing.
     .venv/bin/python benchmarks/mode.py                                  # every model with a checkpoint
     .venv/bin/python benchmarks/mode.py --smoke --out /tmp/mode.json     # tiny untrained weights: accounting only
     .venv/bin/python benchmarks/mode.py --match                          # dense widths matching policy=mode
+    # two models at once on two cores (one thread each), then one record with both:
+    .venv/bin/python benchmarks/mode.py --models dense_active --out /tmp/dense.json &
+    .venv/bin/python benchmarks/mode.py --models mode; wait
+    .venv/bin/python benchmarks/mode.py --models mode dense_active --merge /tmp/dense.json
 """
 
 from __future__ import annotations
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--match", action="store_true", help="print the dense widths matching policy=mode and exit")
     ap.add_argument("--fresh", action="store_true", help="rerun cells already in --out")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mode.json"))
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="fold the cells of these results (runs of --models in parallel, same settings) into --out")
     args = ap.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     torch.set_num_threads(args.threads)
@@ -276,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     if rec["settings"] and rec["settings"] != settings:
         rec.update(accounting={}, cells={}, mt10={})  # other settings: the stored figures do not compare
     rec["settings"] = settings
+    for part in args.merge or []:  # parallel runs, one model each: one record with every model's cells
+        import json
+
+        other = json.loads(Path(part).read_text())
+        if other.get("settings") != settings:
+            ap.error(f"--merge {part} was run with other settings ({other.get('settings')}); rerun it with these")
+        for key in ("accounting", "cells"):
+            rec[key].update(other.get(key, {}))
+        rec.setdefault("merged_from", []).append(str(part))
     models = [m for m in args.models if not args.smoke or m in SMOKE]
     for model in models:
         variants = VARIANTS.get(model, [model])
