@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON312)" ]; then echo "error: no Python 3.12 found (tried python3.12 on PATH and pyenv); install one, e.g. 'pyenv install 3.12'" >&2; exit 2; fi
 	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[lerobot,sim,dev,onnx]"
+	$(PY) -m pip install --quiet -e ".[lerobot,sim,dev,onnx,ray]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -39,7 +39,8 @@ def stored_result(results: Path, row: Row) -> dict[str, Any] | None:
 
 def run_suite(suite: Suite, only: list[str] | None = None, resume: bool = False, progress: bool = True,
               python: str = sys.executable) -> dict[str, Any]:
-    """Run the selected rows (skipping those already finished when `resume`); returns {row name: status}."""
+    """Run the selected rows (skipping those already finished when `resume`) on the suite's executor (`local`:
+    worker processes here; `ray`: Ray tasks on a cluster); returns {row name: status}."""
     rows = suite.select(only)
     results = suite.results
     finished = {r.name for r in rows if stored_result(results, r) is not None}
@@ -51,16 +52,50 @@ def run_suite(suite: Suite, only: list[str] | None = None, resume: bool = False,
     _write_run(suite, run_id, todo)
     status: dict[str, str] = {r.name: "done (kept)" for r in rows if r.name in finished}
     todo = _checkpoints(suite, todo, status, python)
-    with _Bars(progress, todo) as bars, ThreadPoolExecutor(max_workers=suite.workers) as pool:
-        futures = {r.name: pool.submit(_run_one, r, results, run_id, python) for r in todo}
-        while any(not f.done() for f in futures.values()):
-            bars.update(results)
-            time.sleep(POLL_S)
-        bars.update(results)
-        for name, future in futures.items():
-            status[name] = future.result()
+    with _Bars(progress, todo) as bars:
+        if suite.executor == "ray":
+            from rtdp.bench.ray_executor import run_rows
+
+            status.update(run_rows(suite, todo, run_id, bars))
+        else:
+            status.update(_run_local(suite, todo, run_id, bars, python))
     _finish_run(suite, run_id, status)
     return status
+
+
+def _run_local(suite: Suite, todo: list[Row], run_id: str, bars: _Bars, python: str) -> dict[str, str]:
+    """Rows in worker processes on this machine, `suite.workers` at once."""
+    with ThreadPoolExecutor(max_workers=suite.workers) as pool:
+        futures = {r.name: pool.submit(_run_one, r, suite.results, run_id, python) for r in todo}
+        while any(not f.done() for f in futures.values()):
+            bars.update(_local_counts(suite.results, todo))
+            time.sleep(POLL_S)
+        bars.update(_local_counts(suite.results, todo))
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _local_counts(results: Path, rows: list[Row]) -> tuple[int, int]:
+    """(rows finished, episodes finished) from the workers' counters and results on disk."""
+    episodes, done = 0, 0
+    for r in rows:
+        paths = row_paths(results, r.name)
+        try:
+            episodes += int(paths["progress"].read_text() or 0)
+        except (OSError, ValueError):
+            pass
+        done += stored_result(results, r) is not None
+    return done, episodes
+
+
+def write_result(results: Path, row: Row, rec: dict[str, Any]) -> None:
+    """A finished row's record, stamped with the row's settings key (what `--resume` compares)."""
+    rec["key"] = row.key()
+    metrics.write_json(row_paths(results, row.name)["result"], rec)
+
+
+def write_failure(results: Path, row: Row, run_id: str, why: str, **extra: Any) -> None:
+    metrics.write_json(row_paths(results, row.name)["result"], metrics.record(
+        "bench_row", row=asdict(row), key=row.key(), status="failed", run_id=run_id, why=why, **extra))
 
 
 def _write_run(suite: Suite, run_id: str, todo: list[Row]) -> None:
@@ -141,13 +176,9 @@ def _run_one(row: Row, results: Path, run_id: str, python: str) -> str:
     part = Path(str(paths["result"]) + ".part")
     if rc != 0 or not part.is_file():
         tail = paths["log"].read_text().strip().splitlines()[-1:] if paths["log"].is_file() else []
-        metrics.write_json(paths["result"], metrics.record(
-            "bench_row", row=asdict(row), key=row.key(), status="failed", run_id=run_id, returncode=rc,
-            why=(tail[0] if tail else f"exit {rc}"), log=str(paths["log"])))
+        write_failure(results, row, run_id, tail[0] if tail else f"exit {rc}", returncode=rc, log=str(paths["log"]))
         return "failed"
-    rec = json.loads(part.read_text())
-    rec["key"] = row.key()
-    metrics.write_json(paths["result"], rec)
+    write_result(results, row, json.loads(part.read_text()))
     part.unlink()
     return "done"
 
@@ -168,19 +199,11 @@ class _Bars:
             self.ep_bar = self.p.add_task("episodes", total=sum(r.episodes for r in self.rows))
         return self
 
-    def update(self, results: Path) -> None:
-        if not (self.enabled and self.rows):
-            return
-        episodes, done = 0, 0
-        for r in self.rows:
-            paths = row_paths(results, r.name)
-            try:
-                episodes += int(paths["progress"].read_text() or 0)
-            except (OSError, ValueError):
-                pass
-            done += paths["result"].is_file() and json.loads(paths["result"].read_text()).get("key") == r.key()
-        self.p.update(self.row_bar, completed=done)
-        self.p.update(self.ep_bar, completed=episodes)
+    def update(self, counts: tuple[int, int]) -> None:
+        """Show (rows finished, episodes finished)."""
+        if self.enabled and self.rows:
+            self.p.update(self.row_bar, completed=counts[0])
+            self.p.update(self.ep_bar, completed=counts[1])
 
     def __exit__(self, *exc):
         if self.enabled and self.rows:

@@ -14,7 +14,7 @@ from typing import Any
 ROW_KEYS = {"name", "checkpoint", "train", "overrides", "task", "backend", "cache", "delay", "execution",
             "episodes", "seed", "seed_role", "n_envs", "max_steps", "only_task", "timing_calls", "group",
             "baseline"}
-SUITE_KEYS = {"name", "results", "workers", "on_missing", "defaults", "rows"}
+SUITE_KEYS = {"name", "results", "workers", "on_missing", "executor", "ray_address", "defaults", "rows"}
 SEED_ROLES = ("report", "tuning")
 BACKENDS = ("auto", "eager", "onnx", "cuda_graph")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -61,6 +61,8 @@ class Suite:
     workers: int
     on_missing: str                  # train | report
     rows: list[Row] = field(default_factory=list)
+    executor: str = "local"          # local: worker processes here | ray: Ray tasks (pip install 'rtdp[ray]')
+    ray_address: str | None = None   # executor ray: the cluster (None: a local Ray started for the run)
 
     def select(self, only: list[str] | None) -> list[Row]:
         """The rows named in `only` (all when None); an unknown name lists the suite's rows."""
@@ -111,8 +113,11 @@ def load_suite(path: str | Path) -> Suite:
         if r.name in seen:
             raise SuiteError(f"{path}: two rows are named {r.name!r}; row names must be unique")
         seen.add(r.name)
+    executor = raw.get("executor", "local")
+    if executor not in ("local", "ray"):
+        raise SuiteError(f"{path}: executor must be 'local' or 'ray', got {executor!r}")
     results = Path(raw.get("results") or f"runs/bench/{name}")
-    return Suite(str(name), path, results, int(workers), on_missing, rows)
+    return Suite(str(name), path, results, int(workers), on_missing, rows, executor, raw.get("ray_address"))
 
 
 def _unknown(d: dict, allowed: set[str], where: str) -> None:

@@ -1,6 +1,6 @@
-"""One suite row in its own process (`python -m rtdp.bench.worker ROW.json RESULT.json PROGRESS`): evaluate the
-checkpoint on the row's seeds, time batch-1 plans, and write the result only once all of it is done, so a
-killed row leaves no result behind and is run again on `--resume`."""
+"""One suite row in its own process (`python -m rtdp.bench.worker ROW.json RESULT.json PROGRESS`, or a Ray task):
+evaluate the checkpoint on the row's seeds, time batch-1 plans, and write the result only once all of it is
+done, so a killed row leaves no result behind and is run again on `--resume`."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def run_row(row: dict[str, Any], progress_path: Path | None = None) -> dict[str, Any]:
-    """Evaluate one row (a `rtdp.bench.suite.Row` as a dict) and time it at batch 1; the row's result record."""
+def run_row(row: dict[str, Any], report: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Evaluate one row (a `rtdp.bench.suite.Row` as a dict) and time it at batch 1; the row's result record.
+    `report(n)` hears the number of episodes finished so far."""
     import torch
 
     from rtdp import metrics
@@ -34,8 +36,8 @@ def run_row(row: dict[str, Any], progress_path: Path | None = None) -> dict[str,
     def advance(n: int) -> None:
         nonlocal done
         done += n
-        if progress_path is not None:
-            progress_path.write_text(str(done))
+        if report is not None:
+            report(done)
 
     torch.manual_seed(row["seed"])
     t0 = time.time()
@@ -62,7 +64,7 @@ def main(argv: list[str]) -> int:
     row = json.loads(row_path.read_text())
     from rtdp import metrics
 
-    result = run_row(row, progress_path)
+    result = run_row(row, lambda done: progress_path.write_text(str(done)))
     result["run_id"] = os.environ.get("RTDP_BENCH_RUN_ID")
     metrics.write_json(result_path, result)  # atomic: a result on disk is a finished row
     return 0

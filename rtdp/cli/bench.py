@@ -8,7 +8,8 @@ import argparse
 
 from rtdp.cli.main import CLIError
 
-USAGE = "rtdp bench SUITE.yaml [--resume] [--only ROW ...] [--no-progress] | rtdp bench report RESULTS_DIR"
+USAGE = ("rtdp bench SUITE.yaml [--resume] [--only ROW ...] [--no-progress] [--executor local|ray] "
+         "[--ray-address ADDR] | rtdp bench report RESULTS_DIR")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,12 +34,18 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--resume", action="store_true", help="keep finished rows and run the rest")
     ap.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--executor", choices=("local", "ray"), help="override the suite's executor")
+    ap.add_argument("--ray-address", help="executor ray: the cluster's address (default: start a local Ray)")
     args = ap.parse_args(argv)
     from rtdp.bench.runner import run_suite
     from rtdp.bench.suite import load_suite
 
     try:
         suite = load_suite(args.suite)
+        if args.executor:
+            suite.executor = args.executor
+        if args.ray_address:
+            suite.ray_address = args.ray_address
         status = run_suite(suite, only=args.only, resume=args.resume, progress=not args.no_progress)
     except SuiteError as err:
         raise CLIError(str(err)) from None

@@ -192,3 +192,27 @@ def test_a_missing_checkpoint_is_trained_from_the_rows_preset_when_the_suite_say
     bad = json.loads((results / "rows" / "untrainable.json").read_text())
     assert bad["status"] == "missing" and "training failed" in bad["why"]
     assert (results / "logs" / f"train-{str(tmp_path / 'bad').strip('/').replace('/', '_')}.log").is_file()
+
+
+def test_executor_ray_runs_rows_on_a_local_ray_with_the_same_results_layout(tiny_ckpt, tmp_path):
+    ray = pytest.importorskip("ray")
+    results = tmp_path / "results"
+    suite = load_suite(write_suite(tmp_path / "suite.yaml", results, rows_for(tiny_ckpt), executor="ray"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        status = run_suite(suite, progress=False)
+    finally:
+        ray.shutdown()
+    assert status == {"ddim2": "done", "sdp": "done"}
+    for name in ("ddim2", "sdp"):
+        rec = json.loads((results / "rows" / f"{name}.json").read_text())
+        assert rec["status"] == "done" and rec["score"]["n"] == 2 and rec["key"]
+    assert json.loads((results / "rows" / "ddim2.json").read_text())["nfe_per_action"] == pytest.approx(2 / 8)
+    assert "| sdp |" in build_report(results).read_text()
+
+
+def test_executor_ray_without_ray_installed_names_the_extra(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    suite = write_suite(tmp_path / "suite.yaml", tmp_path / "results", rows_for(tiny_ckpt), executor="ray")
+    assert rtdp_main(["bench", str(suite), "--no-progress"]) == 2
+    assert "pip install 'rtdp[ray]'" in capsys.readouterr().err
