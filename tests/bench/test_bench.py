@@ -12,52 +12,25 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 import yaml
-from hydra import compose, initialize_config_module
 
 from rtdp.bench.report import build_report
 from rtdp.bench.runner import row_paths, run_suite
 from rtdp.bench.suite import SuiteError, load_suite
 from rtdp.cli.main import main as rtdp_main
 from rtdp.datasets import ReplayBuffer
-from rtdp.datasets.dataset import SequenceDataset
 from rtdp.metrics import ratio_interval, wilson_interval
-from rtdp.policy.factory import make_policy
-from rtdp.train.checkpoint import save_checkpoint
-from rtdp.train.trainer import data_meta
 
 REPO = Path(__file__).resolve().parents[2]
 OBS = {"keypoint": {"source": "keypoint"}, "agent_pos": {"source": "state", "columns": [0, 2]}}
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(pusht_zarr, tmp_path_factory):
+def tiny_ckpt(pusht_zarr, train_tiny_sdp, tmp_path_factory):
     """A tiny sdp_unet trained for 30 steps on 8 PushT episodes, saved as an `rtdp train` checkpoint."""
-    torch.manual_seed(0)
-    with initialize_config_module("rtdp.configs", version_base=None):
-        cfg = compose("train", overrides=["policy=sdp_unet", "task=pusht_keypoints", f"task.dataset.path={pusht_zarr}",
-                                          "policy.denoiser.down_dims=[16,32]", "policy.denoiser.level_embed_dim=32"])
     buf = ReplayBuffer.copy_to_memory(ReplayBuffer.open(pusht_zarr, "r"), ["keypoint", "state", "action"])
-    mask = np.zeros(buf.n_episodes, dtype=bool)
-    mask[:8] = True
-    ds = SequenceDataset(buf, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=8,
-                         episode_mask=mask)
-    ds.normalizer = normalizer = ds.get_normalizer()
-    meta = data_meta(ds)
-    policy = make_policy(cfg.policy, cfg.sampler, meta["obs_shapes"], 2, normalizer)
-    opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
-    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
-    for _ in range(30):
-        loss, _ = policy.compute_loss(ds.sample_batch(rng.integers(0, len(ds), 32)), generator=gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    run = tmp_path_factory.mktemp("bench_ckpt")
-    save_checkpoint(run, 30, model=policy, ema_model=None, normalizer=normalizer, config=cfg, data_meta=meta)
-    return run
+    return train_tiny_sdp(tmp_path_factory.mktemp("bench_ckpt"), buf, steps=30, n_episodes=8, batch=32)
 
 
 def write_suite(path: Path, results: Path, rows: list[dict], **top) -> Path:

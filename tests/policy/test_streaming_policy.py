@@ -20,8 +20,6 @@ from rtdp.policy.loading import load_policy
 from rtdp.policy.samplers import RTIRenoiseSampler, RTISampler, StreamingSampler
 from rtdp.policy.samplers.rti_renoise import DEFAULT_DISCRETE_MODE, DEFAULT_HYSTERESIS, warm_steps_for_tau
 from rtdp.policy.schedules import DDPMSchedule
-from rtdp.train.checkpoint import save_checkpoint
-from rtdp.train.trainer import data_meta
 
 OBS = {"keypoint": {"source": "keypoint"}, "agent_pos": {"source": "state", "columns": [0, 2]}}
 TINY = ["policy.denoiser.down_dims=[16,32]", "policy.denoiser.level_embed_dim=32"]
@@ -42,28 +40,9 @@ def pusht_memory(pusht_zarr):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(pusht_zarr, pusht_memory, tmp_path_factory):
+def tiny_run(pusht_memory, train_tiny_sdp, tmp_path_factory):
     """A tiny sdp_unet trained for 80 steps on 12 PushT episodes, saved as an `rtdp train` checkpoint."""
-    torch.manual_seed(0)
-    cfg = train_config(f"task.dataset.path={pusht_zarr}")
-    mask = np.zeros(206, dtype=bool)
-    mask[:12] = True
-    ds = SequenceDataset(pusht_memory, OBS, {"source": "action"}, horizon=16, n_obs_steps=2, n_action_steps=8,
-                         episode_mask=mask)
-    ds.normalizer = normalizer = ds.get_normalizer()
-    meta = data_meta(ds)
-    policy = make_policy(cfg.policy, cfg.sampler, meta["obs_shapes"], 2, normalizer)
-    opt = torch.optim.AdamW(policy.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(0)
-    rng = np.random.default_rng(0)
-    for _ in range(80):
-        loss, _ = policy.compute_loss(ds.sample_batch(rng.integers(0, len(ds), 64)), generator=gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    run = tmp_path_factory.mktemp("tiny_sdp")
-    save_checkpoint(run, 80, model=policy, ema_model=None, normalizer=normalizer, config=cfg, data_meta=meta)
-    return run
+    return train_tiny_sdp(tmp_path_factory.mktemp("tiny_sdp"), pusht_memory, steps=80, n_episodes=12, batch=64)
 
 
 def obs_window(batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
