@@ -18,6 +18,7 @@ crash loses nothing.
     .venv/bin/python benchmarks/mode.py                                  # every model with a checkpoint
     .venv/bin/python benchmarks/mode.py --smoke --out /tmp/mode.json     # tiny untrained weights: accounting only
     .venv/bin/python benchmarks/mode.py --match                          # dense widths matching policy=mode
+    .venv/bin/python benchmarks/mode.py --accounting-only --out benchmarks/results/mode_latency.json  # no episodes
     # two models at once on two cores (one thread each), then one record with both:
     .venv/bin/python benchmarks/mode.py --models dense_active --out /tmp/dense.json &
     .venv/bin/python benchmarks/mode.py --models mode; wait
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-calls", type=int, default=50, help="plans timed per variant at batch 1")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--smoke", action="store_true", help="tiny untrained policies: accounting and latency only")
+    ap.add_argument("--accounting-only", action="store_true",
+                    help="trained checkpoints, parameters, FLOPs and latency only (no MT10 episodes)")
     ap.add_argument("--match", action="store_true", help="print the dense widths matching policy=mode and exit")
     ap.add_argument("--fresh", action="store_true", help="rerun cells already in --out")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mode.json"))
@@ -266,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics.write_json(REPO / "benchmarks" / "results" / "mode_accounting.json", rec)
         print(json.dumps(rec, indent=2))
         return 0
-    if args.smoke and Path(args.out).resolve() == (REPO / "benchmarks" / "results" / "mode.json").resolve():
-        ap.error("--smoke writes untrained figures: give --out elsewhere than benchmarks/results/mode.json")
+    if (args.smoke or args.accounting_only) and \
+            Path(args.out).resolve() == (REPO / "benchmarks" / "results" / "mode.json").resolve():
+        ap.error("--smoke and --accounting-only write partial records: give --out elsewhere than "
+                 "benchmarks/results/mode.json (which holds the MT10 cells)")
     from rtdp.envs.metaworld import MT10_TASKS
 
     out = Path(args.out)
@@ -279,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                                  "settings")})
     settings = {"episodes": args.episodes, "seed": args.seed, "max_steps": args.max_steps, "smoke": args.smoke,
                 "latency_calls": args.latency_calls, "threads": args.threads}
+    if args.accounting_only:
+        settings["accounting_only"] = True
     if rec["settings"] and rec["settings"] != settings:
         rec.update(accounting={}, cells={}, mt10={})  # other settings: the stored figures do not compare
     rec["settings"] = settings
@@ -304,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(v not in rec["accounting"] for v in variants):
             rec["accounting"].update(accounting_cells(policy, variants, args))
             metrics.write_json(out, rec)
-        if args.smoke:
+        if args.smoke or args.accounting_only:
             continue
         # Success runs for the first variant only: cached and uncached MoDE give the same actions (to float32
         # rounding; tests/policy/test_mode.py), so a second 500 episodes would measure nothing new.
