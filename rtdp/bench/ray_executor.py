@@ -9,8 +9,6 @@ from typing import Any
 
 from rtdp.bench.suite import Row, Suite, SuiteError
 
-POLL_S = 0.5  # seconds between progress updates while rows run
-
 
 def _import_ray():
     try:
@@ -47,7 +45,7 @@ class _Counter:
 
 def run_rows(suite: Suite, todo: list[Row], run_id: str, bars: Any) -> dict[str, str]:
     """Run `todo` on the Ray cluster at `suite.ray_address` (None: start a local Ray); {row name: status}."""
-    from rtdp.bench.runner import write_failure, write_result
+    from rtdp.bench.runner import POLL_S, write_failure, write_result
 
     ray = _import_ray()
     started_here = not ray.is_initialized()

@@ -16,7 +16,7 @@ from typing import Any
 from rtdp import metrics
 from rtdp.bench.suite import Row, Suite, SuiteError
 
-POLL_S = 0.5
+POLL_S = 0.5  # seconds between progress updates while rows run (both executors)
 
 
 def row_paths(results: Path, name: str) -> dict[str, Path]:

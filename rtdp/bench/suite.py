@@ -11,12 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtdp.cli.args import BACKENDS
+from rtdp.envs.execution import EXECUTIONS
+
 ROW_KEYS = {"name", "checkpoint", "train", "overrides", "task", "backend", "cache", "delay", "execution",
             "episodes", "seed", "seed_role", "n_envs", "max_steps", "only_task", "timing_calls", "group",
             "baseline"}
 SUITE_KEYS = {"name", "results", "workers", "on_missing", "executor", "ray_address", "defaults", "rows"}
 SEED_ROLES = ("report", "tuning")
-BACKENDS = ("auto", "eager", "onnx", "cuda_graph")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -158,7 +160,7 @@ def _row(raw: Any, i: int, path: Path) -> Row:
         raise SuiteError(f"{where}: backend must be one of {', '.join(BACKENDS)}, got {kw['backend']!r}")
     if kw.get("seed_role", "report") not in SEED_ROLES:
         raise SuiteError(f"{where}: seed_role must be 'report' or 'tuning', got {kw['seed_role']!r}")
-    if kw.get("execution", "naive") not in ("naive", "blend", "ensemble"):
-        raise SuiteError(f"{where}: execution must be naive, blend or ensemble, got {kw['execution']!r}")
+    if kw.get("execution", "naive") not in EXECUTIONS:
+        raise SuiteError(f"{where}: execution must be one of {', '.join(EXECUTIONS)}, got {kw['execution']!r}")
     kw["baseline"] = bool(raw.get("baseline", False))
     return Row(**kw)
