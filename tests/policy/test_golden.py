@@ -21,7 +21,10 @@ from rtdp.policy.factory import make_policy
 from rtdp.types import PlanContext
 
 # The golden plans were written with one torch thread; a second thread changes how convolutions sum, and so
-# the last bits of every action.
+# the last bits of every action. Other torch releases sum them in another order too (2.11 moves DDPM-100's
+# actions by ~2e-6), so plans are compared to float32 rounding: a changed step, level or noise draw moves
+# them by orders of magnitude more.
+ROUNDING = {"rtol": 1e-5, "atol": 1e-5}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/policy/conftest.py
 GOLDEN = Path(__file__).parent / "golden"
 PCFG = {"name": "g", "horizon": 16, "n_obs_steps": 2,
@@ -60,7 +63,7 @@ def test_every_sampler_plans_exactly_as_before_the_refactor(golden, name):
         n_exec = 3 if (name == "sdp" and i == 4) else None
         chunk = policy.act({"state": arrays["obs"][i]}, PlanContext(n_executed=n_exec, generator=g))
         assert (chunk.start, chunk.n_exec, chunk.nfe) == (expected["start"], expected["n_exec"], expected["nfe"])
-        np.testing.assert_array_equal(chunk.actions, arrays[f"{name}.{i}"])
+        np.testing.assert_allclose(chunk.actions, arrays[f"{name}.{i}"], **ROUNDING)
 
 
 class _Recorder:
@@ -92,4 +95,5 @@ def test_the_evaluator_executes_exactly_the_actions_it_did_before_the_refactor(g
     expected = meta["evaluate"][name]
     assert rec["episodes"] == expected["episodes"]
     assert rec["summary"]["nfe_per_action"] == expected["nfe_per_action"]
-    np.testing.assert_array_equal(np.concatenate(agent.log, axis=1), arrays[f"evaluate.{name}"])
+    # executed actions in PushT pixels, after the simulator has fed each rounding back for up to 300 steps
+    np.testing.assert_allclose(np.concatenate(agent.log, axis=1), arrays[f"evaluate.{name}"], rtol=1e-5, atol=1e-3)
