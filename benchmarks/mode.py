@@ -12,6 +12,8 @@ Per model: total and active parameters and counted FLOPs per denoiser evaluation
 per-chunk latency at batch 1 (p50/p99 over `--latency-calls` plans on a fixed observation, `rtdp.metrics`), and
 MT10 success: `--episodes` seeds per task (10 tasks, `only_task` so each task gets its own seeds), each task's
 rate and the pooled mean with Wilson 95% intervals (MoDE with caching on only: uncached gives the same actions).
+The models loaded by one run are timed interleaved; a speed target is computed only between cells of one timing
+run (`timing_run`), never across merged parts.
 The JSON is rewritten after every cell and a rerun skips the cells already there with the same settings, so a
 crash loses nothing.
 
@@ -19,6 +21,8 @@ crash loses nothing.
     .venv/bin/python benchmarks/mode.py --smoke --out /tmp/mode.json     # tiny untrained weights: accounting only
     .venv/bin/python benchmarks/mode.py --match                          # dense widths matching policy=mode
     .venv/bin/python benchmarks/mode.py --accounting-only --out benchmarks/results/mode_latency.json  # no episodes
+    # every model at its trained size, untrained weights, all timed interleaved in one run (speed ratios):
+    .venv/bin/python benchmarks/mode.py --untrained --out benchmarks/results/mode_latency_interleaved.json
     # two models at once on two cores (one thread each), then one record with both:
     .venv/bin/python benchmarks/mode.py --models dense_active --out /tmp/dense.json &
     .venv/bin/python benchmarks/mode.py --models mode; wait
@@ -71,23 +75,22 @@ def fixed_obs(policy: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def chunk_latencies(policy: Any, variants: list[str], n_calls: int) -> dict[str, dict[str, float]]:
-    """Per-chunk `act` latency at batch 1 on a fixed observation for each inference variant of one policy (p50/p99
-    in ms), the variants' calls interleaved so a change in the machine's load reaches them alike; two warm-up
-    rounds first."""
+def chunk_latencies(entries: dict[str, Any], n_calls: int) -> dict[str, dict[str, float]]:
+    """Per-chunk `act` latency at batch 1 on a fixed observation for each `variant -> policy` entry (p50/p99 in
+    ms), every entry's calls interleaved so a change in the machine's load reaches them alike; two warm-up rounds
+    first."""
     from rtdp.types import PlanContext
 
-    obs = fixed_obs(policy)
-    samples: dict[str, list[float]] = {v: [] for v in variants}
+    obs = {variant: fixed_obs(policy) for variant, policy in entries.items()}
+    samples: dict[str, list[float]] = {v: [] for v in entries}
     for i in range(n_calls + 2):
-        for variant in variants:
+        for variant, policy in entries.items():
             set_variant(policy, variant)
             policy.reset()
             t0 = time.perf_counter()
-            policy.act(obs, PlanContext(generator=torch.Generator().manual_seed(i)))
+            policy.act(obs[variant], PlanContext(generator=torch.Generator().manual_seed(i)))
             if i >= 2:
                 samples[variant].append(time.perf_counter() - t0)
-    set_variant(policy, variants[0])
     return {v: summarize_latencies(x) for v, x in samples.items()}
 
 
@@ -97,20 +100,23 @@ def set_variant(policy: Any, variant: str) -> None:
         policy.denoiser.expert_cache = not variant.endswith("_uncached")
 
 
-def accounting_cells(policy: Any, variants: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Parameters, counted FLOPs per denoiser evaluation and chunk latency of each inference variant."""
+def accounting_cells(entries: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Parameters, counted FLOPs per denoiser evaluation and chunk latency of each `variant -> policy` entry, the
+    latencies timed interleaved in one run (`timing_run` names it: only cells of one run give speed ratios)."""
     from rtdp.policy.accounting import flops_per_evaluation, parameter_counts
 
-    counts = parameter_counts(policy.denoiser)
-    latency = chunk_latencies(policy, variants, args.latency_calls)
+    run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    latency = chunk_latencies(entries, args.latency_calls)
     cells = {}
-    for variant in variants:
+    for variant, policy in entries.items():
         set_variant(policy, variant)
+        counts = parameter_counts(policy.denoiser)
         cells[variant] = {"parameters": counts, "active_share": counts["active"] / counts["total"],
                           **flops_per_evaluation(policy, fixed_obs(policy)), "latency": latency[variant],
-                          "sampler": policy.sampler.describe(), "threads": args.threads,
+                          "timing_run": run, "sampler": policy.sampler.describe(), "threads": args.threads,
                           "loadavg": list(os.getloadavg())}
-    set_variant(policy, variants[0])
+    for policy in entries.values():
+        set_variant(policy, "mode")  # expert caching back on, its default at inference
     return cells
 
 
@@ -185,32 +191,6 @@ def matching_widths(n_layers: int = 8, n_heads: int = 4) -> dict[str, Any]:
                                for k in ("active", "total")}}
 
 
-def preset_accounting() -> dict[str, Any]:
-    """Untrained `policy=mode` at its configured size (cached and uncached) and the dense transformers matching
-    its active and total parameters: parameters and counted FLOPs per denoiser evaluation (MT10 observations)."""
-    from omegaconf import OmegaConf
-
-    from rtdp.policy.accounting import flops_per_evaluation, parameter_counts
-    from rtdp.policy.factory import make_policy
-
-    widths = matching_widths()
-    mode = smoke_policy_full()
-    out: dict[str, Any] = {"widths": widths}
-    for variant in ("mode", "mode_uncached"):
-        set_variant(mode, variant)
-        out[variant] = {"parameters": parameter_counts(mode.denoiser), **flops_per_evaluation(mode, fixed_obs(mode))}
-    sampler = OmegaConf.load(REPO / "rtdp" / "configs" / "sampler" / "ddim.yaml")
-    for key in ("dense_active", "dense_total"):
-        cfg = OmegaConf.load(REPO / "rtdp" / "configs" / "policy" / "transformer.yaml")
-        for item in widths[key]["override"].split()[1:]:  # policy.denoiser.KEY=VALUE
-            name, value = item.removeprefix("policy.denoiser.").split("=")
-            cfg.denoiser[name] = int(value)
-        torch.manual_seed(0)
-        dense = make_policy(cfg, sampler, MT10_OBS, MT10_ACTION_DIM).eval()
-        out[key] = {"parameters": parameter_counts(dense.denoiser), **flops_per_evaluation(dense, fixed_obs(dense))}
-    return out
-
-
 def smoke_policy_full() -> Any:
     """`policy=mode` at its configured size for MT10's observations (untrained)."""
     from omegaconf import OmegaConf
@@ -222,18 +202,62 @@ def smoke_policy_full() -> Any:
     return make_policy(cfg, sampler, MT10_OBS, MT10_ACTION_DIM).eval()
 
 
+def untrained_policy(model: str, widths: dict[str, Any] | None = None) -> Any:
+    """`model` at the configuration it is trained with (`policy=mode` at its preset size, the dense transformers at
+    `--match`'s widths, `policy=unet1d`), with untrained weights, for MT10's observations."""
+    from omegaconf import OmegaConf
+
+    from rtdp.policy.factory import make_policy
+
+    if model == "mode":
+        return smoke_policy_full()
+    cfg = OmegaConf.load(REPO / "rtdp" / "configs" / "policy" / ("unet1d.yaml" if model == "unet" else "transformer.yaml"))
+    if model != "unet":
+        for item in (widths or matching_widths())[model]["override"].split()[1:]:  # policy.denoiser.KEY=VALUE
+            name, value = item.removeprefix("policy.denoiser.").split("=")
+            cfg.denoiser[name] = int(value)
+    sampler = OmegaConf.load(REPO / "rtdp" / "configs" / "sampler" / "ddim.yaml")
+    torch.manual_seed(0)
+    return make_policy(cfg, sampler, MT10_OBS, MT10_ACTION_DIM).eval()
+
+
+def preset_accounting() -> dict[str, Any]:
+    """Untrained `policy=mode` at its configured size (cached and uncached) and the dense transformers matching
+    its active and total parameters: parameters and counted FLOPs per denoiser evaluation (MT10 observations)."""
+    from rtdp.policy.accounting import flops_per_evaluation, parameter_counts
+
+    widths = matching_widths()
+    mode = smoke_policy_full()
+    out: dict[str, Any] = {"widths": widths}
+    for variant in ("mode", "mode_uncached"):
+        set_variant(mode, variant)
+        out[variant] = {"parameters": parameter_counts(mode.denoiser), **flops_per_evaluation(mode, fixed_obs(mode))}
+    for key in ("dense_active", "dense_total"):
+        dense = untrained_policy(key, widths)
+        out[key] = {"parameters": parameter_counts(dense.denoiser), **flops_per_evaluation(dense, fixed_obs(dense))}
+    return out
+
+
+def same_timing_run(acc: dict[str, Any], a: str, b: str) -> bool:
+    """Whether two accounting cells were timed interleaved in one run, so their latency ratio means something
+    (cells written before `timing_run` was recorded: only one model's variants, which were timed together)."""
+    ra, rb = acc[a].get("timing_run"), acc[b].get("timing_run")
+    if ra is None and rb is None:
+        return any(a in group and b in group for group in VARIANTS.values())
+    return ra == rb
+
+
 def targets(rec: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets from what has been measured (a target whose cells are missing is left out)."""
+    """The issue's targets from what has been measured (a target whose cells are missing, or whose latencies come
+    from different runs, is left out)."""
     acc, out = rec["accounting"], {}
     if "mode" in acc:
         out["active_le_60pct_of_total"] = acc["mode"]["active_share"] <= 0.6
-    if "mode" in acc and "mode_uncached" in acc:
-        out["cached_speedup_vs_uncached"] = (acc["mode_uncached"]["latency"]["p50_ms"]
-                                             / acc["mode"]["latency"]["p50_ms"])
-        out["cached_ge_1_5x_faster"] = out["cached_speedup_vs_uncached"] >= 1.5
-    if "mode" in acc and "dense_total" in acc:
-        out["speedup_vs_dense_total"] = acc["dense_total"]["latency"]["p50_ms"] / acc["mode"]["latency"]["p50_ms"]
-        out["ge_2x_faster_than_dense_total"] = out["speedup_vs_dense_total"] >= 2.0
+    for other, key, bar in (("mode_uncached", "cached_speedup_vs_uncached", 1.5),
+                            ("dense_total", "speedup_vs_dense_total", 2.0)):
+        if "mode" in acc and other in acc and same_timing_run(acc, "mode", other):
+            out[key] = acc[other]["latency"]["p50_ms"] / acc["mode"]["latency"]["p50_ms"]
+            out[f"{key}_meets_{bar}x"] = out[key] >= bar
     mt10 = rec.get("mt10", {})
     if mt10.get("mode") and mt10.get("dense_active"):
         out["mt10_mode_ge_dense_active"] = mt10["mode"]["mean_success"] >= mt10["dense_active"]["mean_success"]
@@ -254,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny untrained policies: accounting and latency only")
     ap.add_argument("--accounting-only", action="store_true",
                     help="trained checkpoints, parameters, FLOPs and latency only (no MT10 episodes)")
+    ap.add_argument("--untrained", action="store_true",
+                    help="each model at its trained configuration with untrained weights: parameters, FLOPs and "
+                         "latency only, every model timed interleaved in one run (speed ratios across models)")
     ap.add_argument("--match", action="store_true", help="print the dense widths matching policy=mode and exit")
     ap.add_argument("--fresh", action="store_true", help="rerun cells already in --out")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mode.json"))
@@ -269,9 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics.write_json(REPO / "benchmarks" / "results" / "mode_accounting.json", rec)
         print(json.dumps(rec, indent=2))
         return 0
-    if (args.smoke or args.accounting_only) and \
-            Path(args.out).resolve() == (REPO / "benchmarks" / "results" / "mode.json").resolve():
-        ap.error("--smoke and --accounting-only write partial records: give --out elsewhere than "
+    timing_only = args.smoke or args.accounting_only or args.untrained
+    if timing_only and Path(args.out).resolve() == (REPO / "benchmarks" / "results" / "mode.json").resolve():
+        ap.error("--smoke, --untrained and --accounting-only write partial records: give --out elsewhere than "
                  "benchmarks/results/mode.json (which holds the MT10 cells)")
     from rtdp.envs.metaworld import MT10_TASKS
 
@@ -280,12 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     if out.is_file() and not args.fresh:
         import json
 
-        rec.update({k: v for k, v in json.loads(out.read_text()).items() if k in ("accounting", "cells", "mt10",
-                                                                                 "settings")})
+        kept = ("accounting", "cells", "mt10", "settings", "merged_from")
+        rec.update({k: v for k, v in json.loads(out.read_text()).items() if k in kept})
     settings = {"episodes": args.episodes, "seed": args.seed, "max_steps": args.max_steps, "smoke": args.smoke,
                 "latency_calls": args.latency_calls, "threads": args.threads}
-    if args.accounting_only:
-        settings["accounting_only"] = True
+    if args.accounting_only or args.untrained:
+        settings["accounting_only" if args.accounting_only else "untrained"] = True
     if rec["settings"] and rec["settings"] != settings:
         rec.update(accounting={}, cells={}, mt10={})  # other settings: the stored figures do not compare
     rec["settings"] = settings
@@ -297,32 +324,37 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--merge {part} was run with other settings ({other.get('settings')}); rerun it with these")
         for key in ("accounting", "cells"):
             rec[key].update(other.get(key, {}))
-        rec.setdefault("merged_from", []).append(str(part))
+        if str(part) not in rec.setdefault("merged_from", []):
+            rec["merged_from"].append(str(part))
     models = [m for m in args.models if not args.smoke or m in SMOKE]
+    policies = {}
     for model in models:
         variants = VARIANTS.get(model, [model])
-        policy = None
-        if any(v not in rec["accounting"] for v in variants) or not args.smoke:
-            policy = load_model(model, args)
-            if policy is None:
-                print(f"mode benchmark: no checkpoint for {model} at {getattr(args, f'{model}_ckpt')}; skipped",
-                      file=sys.stderr)
-                continue
-        if any(v not in rec["accounting"] for v in variants):
-            rec["accounting"].update(accounting_cells(policy, variants, args))
-            metrics.write_json(out, rec)
-        if args.smoke or args.accounting_only:
+        if timing_only and all(v in rec["accounting"] for v in variants):
             continue
+        policies[model] = untrained_policy(model) if args.untrained else load_model(model, args)
+        if policies[model] is None:
+            print(f"mode benchmark: no checkpoint for {model} at {getattr(args, f'{model}_ckpt')}; skipped",
+                  file=sys.stderr)
+            del policies[model]
+    entries = {v: policy for model, policy in policies.items() for v in VARIANTS.get(model, [model])
+               if v not in rec["accounting"]}
+    if entries:  # every model loaded here is timed in one interleaved run
+        rec["accounting"].update(accounting_cells(entries, args))
+        metrics.write_json(out, rec)
+    for model, policy in ([] if timing_only else policies.items()):
         # Success runs for the first variant only: cached and uncached MoDE give the same actions (to float32
         # rounding; tests/policy/test_mode.py), so a second 500 episodes would measure nothing new.
-        variant = variants[0]
+        variant = VARIANTS.get(model, [model])[0]
         set_variant(policy, variant)
         for task in MT10_TASKS:
             key = f"{variant}/{task}"
             if key not in rec["cells"]:
                 rec["cells"][key] = task_cell(policy, task, args)
                 metrics.write_json(out, rec)
-        rec["mt10"][variant] = mt10_summary(rec["cells"], variant)
+    for variant in sorted({key.split("/")[0] for key in rec["cells"]}):  # merged parts' models too
+        if (summary := mt10_summary(rec["cells"], variant)) is not None:
+            rec["mt10"][variant] = summary
     rec["targets"] = targets(rec)
     metrics.write_json(out, rec)
     print(f"mode benchmark: {out}")
