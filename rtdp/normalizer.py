@@ -67,6 +67,19 @@ class Normalizer:
         stats = {"scale": scale, "offset": offset, "min": lo, "max": hi, "mean": mean, "std": std}
         self._set(key, mode, {k: np.asarray(v, np.float32) for k, v in stats.items()})
 
+    def add_affine(self, key: str, mode: str, scale: Any, offset: Any, **stats: Any) -> None:
+        """Set `key`'s map to `x·scale + offset` as another library fitted it (LeRobot's stats), with its
+        min/max/mean/std for the record; the arrays broadcast against one frame."""
+        if mode not in MODES:
+            raise ValueError(f"normalizer key {key!r}: mode must be one of {MODES}, got {mode!r}")
+        scale = np.asarray(scale, np.float32)
+        if not np.all(np.isfinite(scale)) or np.any(scale == 0):
+            raise ValueError(f"normalizer key {key!r}: every scale must be finite and non-zero")
+        params = {"scale": scale, "offset": np.asarray(offset, np.float32)}
+        params.update({f: np.asarray(stats.get(f, 0.0 if f in ("min", "mean") else 1.0), np.float32)
+                       for f in ("min", "max", "mean", "std")})
+        self._set(key, mode, params)
+
     def scale_dims(self, key: str, dims: list[int], factor: float) -> None:
         """Multiply the normalised values of `dims` of `key` by `factor` (its maps become y = f·(x·scale + offset)).
 

@@ -119,7 +119,12 @@ def _checkpoints(suite: Suite, todo: list[Row], status: dict[str, str], python: 
 
     def present(path: str) -> bool:
         try:
-            resolve_checkpoint(path)
+            if path.startswith("lerobot:"):  # a LeRobot policy: present if its directory holds one
+                from rtdp.policy.lerobot_policy import resolve_pretrained
+
+                resolve_pretrained(path)
+            else:
+                resolve_checkpoint(path)
             return True
         except (FileNotFoundError, ValueError):
             return False

@@ -14,7 +14,7 @@ from typing import Any
 from rtdp.cli.args import BACKENDS
 from rtdp.envs.execution import EXECUTIONS
 
-ROW_KEYS = {"name", "checkpoint", "train", "overrides", "task", "backend", "cache", "delay", "execution",
+ROW_KEYS = {"name", "checkpoint", "train", "overrides", "task", "obs_mode", "backend", "cache", "delay", "execution",
             "episodes", "seed", "seed_role", "n_envs", "max_steps", "only_task", "timing_calls", "group",
             "baseline"}
 SUITE_KEYS = {"name", "results", "workers", "on_missing", "executor", "ray_address", "defaults", "rows"}
@@ -34,7 +34,8 @@ class Row:
     checkpoint: str
     train: tuple[str, ...] = ()     # `rtdp train` overrides that make `checkpoint` when it is missing
     overrides: tuple[str, ...] = ()  # policy overrides, as `rtdp eval checkpoint=... KEY=VALUE` takes them
-    task: str | None = None          # default: the checkpoint's
+    task: str | None = None          # default: the checkpoint's (a `lerobot:` checkpoint names none: required)
+    obs_mode: str | None = None      # with task: the env's observation mode (default: the env's own)
     backend: str = "auto"
     cache: str | None = None
     delay: int = 0
@@ -138,7 +139,13 @@ def _row(raw: Any, i: int, path: Path) -> Row:
         raise SuiteError(f"{where}: needs a name of letters, digits, '_', '.', '-' (got {name!r})")
     where = f"{path}: row {name!r}"
     if not isinstance(raw.get("checkpoint"), str):
-        raise SuiteError(f"{where}: needs checkpoint: PATH (a run directory written by `rtdp train`)")
+        raise SuiteError(f"{where}: needs checkpoint: PATH (a run directory written by `rtdp train`, or "
+                         "lerobot:DIR for a policy saved by LeRobot)")
+    if raw["checkpoint"].startswith("lerobot:") and not raw.get("task"):
+        raise SuiteError(f"{where}: a LeRobot checkpoint does not say which env it was trained for: add task: "
+                         "(and obs_mode:, e.g. task: pusht, obs_mode: keypoints)")
+    if raw.get("obs_mode") is not None and not raw.get("task"):
+        raise SuiteError(f"{where}: obs_mode: goes with task: (without it the checkpoint's own env is used)")
     kw: dict[str, Any] = {"name": name, "checkpoint": raw["checkpoint"]}
     for key in ("train", "overrides"):
         value = raw.get(key, [])
@@ -153,7 +160,7 @@ def _row(raw: Any, i: int, path: Path) -> Row:
             if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < low:
                 raise SuiteError(f"{where}: {key} must be an integer >= {low}, got {raw[key]!r}")
             kw[key] = raw[key]
-    for key in ("task", "cache", "only_task", "group", "execution", "backend", "seed_role"):
+    for key in ("task", "obs_mode", "cache", "only_task", "group", "execution", "backend", "seed_role"):
         if raw.get(key) is not None:
             kw[key] = str(raw[key])
     if kw.get("backend", "auto") not in BACKENDS:

@@ -24,10 +24,11 @@ def run_row(row: dict[str, Any], report: Callable[[int], None] | None = None) ->
     from rtdp.policy.loading import load_config, load_policy, resolve_checkpoint
 
     torch.set_num_threads(1)  # rows share the machine's cores: one thread each (two per core thrash)
-    ckpt = resolve_checkpoint(row["checkpoint"])
-    env_cfg = load_config(ckpt).task.get("env", {})
+    lerobot = row["checkpoint"].startswith("lerobot:")  # LeRobot's policy: the row names its env (suite checks)
+    ckpt = row["checkpoint"] if lerobot else resolve_checkpoint(row["checkpoint"])
+    env_cfg = {} if lerobot else load_config(ckpt).task.get("env", {})
     task = row["task"] or env_cfg.get("id")
-    obs_mode = env_cfg.get("obs_mode") if row["task"] is None else None
+    obs_mode = env_cfg.get("obs_mode") if row["task"] is None else row.get("obs_mode")
     max_steps = row["max_steps"] or (env_cfg.get("max_steps") if row["task"] is None else None)
     env_kwargs = {"only_task": row["only_task"]} if row["only_task"] else {}
     policy = load_policy(ckpt, row["overrides"], backend=row["backend"], cache=row["cache"])

@@ -24,7 +24,8 @@ from rtdp.cli.robots import CLIENT_KEYS, connect_robot, is_address
 USAGE = ("rtdp deploy checkpoint=PATH robot=sim-arm|tcp://HOST:PORT [mode=sync|async] [hz=H] [episodes=1] "
          "[max_steps=200] [seed=0] [out=DIR] [record=PATH.zarr] [operator=auto] [robot.KEY=VALUE ...] [sampler ...]")
 KEYS = {
-    "checkpoint": Key("str", required=True, help="a run or checkpoint directory written by `rtdp train`"),
+    "checkpoint": Key("str", required=True, help="a run or checkpoint directory written by `rtdp train`, or "
+                                                 "lerobot:DIR for a diffusion policy saved by LeRobot"),
     "robot": Key("str", "sim-arm", help="sim-arm, lerobot:<type>, package.module:Class, or tcp://HOST:PORT of "
                                         "`rtdp serve-robot`"),
     "mode": Key("str", "async", choices=("sync", "async"), help="inference on the loop thread or in a worker"),
@@ -59,7 +60,9 @@ def main(argv: list[str]) -> int:
     record = Path(opts["record"]) if opts["record"] else out / "rollouts.zarr"
     if record.exists() and not record.is_dir():
         raise CLIError(f"record={record} is a file; give a zarr directory")
-    if not Path(opts["checkpoint"]).exists():
+    from rtdp.policy.loading import checkpoint_exists
+
+    if not checkpoint_exists(opts["checkpoint"]):
         raise CLIError(f"checkpoint {opts['checkpoint']} does not exist: give a run directory from `rtdp train`")
     from rtdp.hardware.keys import make_keys, operator_events
 

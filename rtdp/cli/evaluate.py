@@ -32,7 +32,8 @@ USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=5
 TIMING_CALLS = 12  # plans timed for delay=auto, after the start-up call
 KEYS = {
     "task": Key("str", help="the rtdp task id (default: the checkpoint's task)"),
-    "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`"),
+    "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`, or lerobot:DIR for a "
+                                  "diffusion policy saved by LeRobot (with task= and obs_mode=; docs/lerobot.md)"),
     "agent": Key("str", choices=("expert",), help="evaluate the task's scripted expert instead"),
     "out": Key("str", required=True, help="directory for eval.json, eval.png and videos"),
     "episodes": Key("int", 50, min=1, help="seeded episodes (seeds seed, seed+1, ...)"),
@@ -68,14 +69,19 @@ def main(argv: list[str]) -> int:
     for key, cfg_key in (("task", "id"), ("obs_mode", "obs_mode"), ("max_steps", "max_steps")):
         if args[key] is None and env_cfg.get(cfg_key) is not None:
             args[key] = env_cfg[cfg_key]
+    if checkpoint is not None and str(checkpoint).startswith("lerobot:") and args["task"] is None:
+        raise CLIError("a LeRobot checkpoint does not say which env it was trained for: give task=ID and obs_mode= "
+                       "(e.g. task=pusht obs_mode=keypoints)")
     task, obs_mode = check_task(args["task"], args["obs_mode"], USAGE)
     out = Path(args["out"])
     if out.exists() and not out.is_dir():
         raise CLIError(f"out={out} is a file; give a directory for eval.json, eval.png and videos")
     env_kwargs: dict = {}
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.exists():
+        from rtdp.policy.loading import checkpoint_exists
+
+        path = checkpoint
+        if not checkpoint_exists(path):
             raise CLIError(f"checkpoint={path} does not exist")
         import torch
 

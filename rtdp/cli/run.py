@@ -19,7 +19,8 @@ USAGE = ("rtdp run (checkpoint=PATH | agent=expert) env=pusht|tcp://127.0.0.1:55
          "[episodes=1] [max_steps=300] [seed=0] [out=DIR] [record=PATH.zarr] [backend=auto|eager|onnx|cuda_graph] "
          "[cache=bac|PATH] [sampler overrides ...]")
 KEYS = {
-    "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`"),
+    "checkpoint": Key("str", help="a run or checkpoint directory written by `rtdp train`, or lerobot:DIR for a "
+                                  "diffusion policy saved by LeRobot (docs/lerobot.md)"),
     "agent": Key("str", help="expert, or package.module:factory returning an Agent"),
     "env": Key("str", help="an rtdp task id, the tcp:// or ipc:// address of `rtdp serve-env`, or module:factory"),
     "task": Key("str", help="the rtdp id of a remote env (to pick the expert for agent=expert)"),
@@ -85,7 +86,9 @@ def make_agent(opts: dict[str, Any], overrides: list[str]):
     if overrides and not ckpt:
         raise CLIError(f"unknown options {overrides} (policy overrides need checkpoint=...); usage: {USAGE}")
     if ckpt:
-        if not Path(ckpt).exists():
+        from rtdp.policy.loading import checkpoint_exists
+
+        if not checkpoint_exists(ckpt):
             raise CLIError(f"checkpoint {ckpt} does not exist: give a file or run directory from `rtdp train`")
         from rtdp.policy.loading import load_policy  # torch is imported only on this path
 

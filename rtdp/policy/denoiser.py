@@ -49,6 +49,7 @@ class Denoiser(nn.Module, ABC):
 
     name: ClassVar[str]
     block_cache_refusal: ClassVar[str] = ""  # why block caching cannot serve this denoiser ("" = no objection)
+    per_position_levels: ClassVar[bool] = True  # False: one level per row only (a backend's checks probe so)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -62,6 +62,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
                           "'last' or 'checkpoints/last'); pass a directory written by `rtdp train`")
 
 
+def checkpoint_exists(path: str | Path) -> bool:
+    """Whether the directory a checkpoint argument names exists (`lerobot:DIR` names DIR)."""
+    return Path(str(path).removeprefix("lerobot:")).exists()
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -190,11 +195,16 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | torch.device | None = None,
                 ema: bool = True, backend: str = "auto", backend_options: Mapping[str, Any] | None = None,
                 cache: str | Path | None = None):
-    """The (EMA) policy saved at `path` (checkpoint or run directory), ready for `act`, with overrides applied
+    """The (EMA) policy saved at `path` (checkpoint or run directory, or `lerobot:DIR` for LeRobot's), ready for `act`, with overrides applied
     (`sampler=ddim`, `sampler.num_steps=10`, ...) and its denoiser served by `backend` (`eager`, `onnx`,
     `cuda_graph`, or `auto`: CUDA graphs on a GPU, eager on the CPU; see rtdp/policy/backends). An ONNX graph is
     cached in `<checkpoint>/backends/`. `cache` attaches a block cache (`bac`, a schedule's path, docs/caching.md);
     it runs the transformer block by block, so it takes the eager backend (`auto` becomes eager)."""
+    from rtdp.policy.lerobot_policy import is_lerobot_path, load_lerobot_policy
+
+    if is_lerobot_path(path):  # `lerobot:PATH`, a policy saved by LeRobot (rtdp/policy/lerobot_policy.py)
+        return load_lerobot_policy(path, overrides, device=device, backend=backend, backend_options=backend_options,
+                                   cache=cache)
     from rtdp.policy.backends import use_backend
     from rtdp.policy.caching.attach import check_backend, use_cache
     from rtdp.policy.factory import make_policy

@@ -70,6 +70,8 @@ def test_ratio_interval_is_katzs_log_interval_and_stays_finite_at_zero():
     ({"rows": [{"name": "a"}]}, "needs checkpoint: PATH"),
     ({"rows": []}, "'rows' must be a non-empty list"),
     ({"on_missing": "download", "rows": [{"name": "a", "checkpoint": "x"}]}, "on_missing must be"),
+    ({"rows": [{"name": "a", "checkpoint": "lerobot:x"}]}, "a LeRobot checkpoint does not say which env"),
+    ({"rows": [{"name": "a", "checkpoint": "x", "obs_mode": "keypoints"}]}, "obs_mode: goes with task:"),
 ])
 def test_a_bad_suite_is_refused_in_one_line_naming_the_row_and_key(tmp_path, capsys, change, message):
     path = tmp_path / "bad.yaml"

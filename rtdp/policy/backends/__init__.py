@@ -48,7 +48,8 @@ def graph_shapes(policy: Any) -> GraphShapes:
     """The fixed shapes of a policy's denoiser call: horizon, action size, `[To, Dc]`, the level span."""
     return GraphShapes(horizon=int(policy.horizon), action_dim=int(policy.action_dim),
                        cond_shape=(int(policy.n_obs_steps), int(policy.encoder.out_dim)),
-                       level_range=level_range(policy.schedule, int(policy.horizon), int(policy.action_dim)))
+                       level_range=level_range(policy.schedule, int(policy.horizon), int(policy.action_dim)),
+                       per_position=bool(getattr(policy.denoiser, "per_position_levels", True)))
 
 
 def make_backend(name: str, policy: Any, cache_dir: str | Path | None = None, **options: Any) -> Backend | None:

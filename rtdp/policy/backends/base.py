@@ -55,17 +55,19 @@ class GraphShapes:
     action_dim: int
     cond_shape: tuple[int, ...]
     level_range: tuple[float, float] = (0.0, 100.0)  # the denoiser's level input over the schedule (probes)
+    per_position: bool = True  # whether the denoiser takes a level per action position (else one per row)
 
     def probes(self, batches: Sequence[int] = (1, 3, 10), device: torch.device | str = "cpu",
                seed: int = 0) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Seeded inputs `(x, level [B, T], cond)` for the check against eager: per-position levels at batch 1
-        and 10, one level per row at batch 3 (how `[B]` levels reach a graph)."""
+        and 10, one level per row at batch 3 (how `[B]` levels reach a graph), and at every batch for a denoiser that
+        takes one level per row."""
         gen = torch.Generator().manual_seed(seed)
         lo, hi = self.level_range
         out = []
         for b in batches:
             x = torch.randn(b, self.horizon, self.action_dim, generator=gen)
-            if b == 3:
+            if b == 3 or not self.per_position:
                 level = (lo + (hi - lo) * torch.rand(b, 1, generator=gen)).expand(b, self.horizon)
             else:
                 level = lo + (hi - lo) * torch.rand(b, self.horizon, generator=gen)
