@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from rtdp.datasets.lerobot_io import from_lerobot_key
 from rtdp.normalizer import Normalizer
 from rtdp.policy.denoiser import Denoiser, DenoiserSpec
-from rtdp.policy.loading import CheckpointError, apply_overrides
+from rtdp.policy.loading import CheckpointError, apply_overrides, serve_policy
 
 PREFIX = "lerobot:"
 PREPROCESSOR = "policy_preprocessor.json"
@@ -222,8 +222,6 @@ def load_lerobot_policy(path: str | Path, overrides: Iterable[str] = (), device:
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy as LeRobotDiffusionPolicy
 
-    from rtdp.policy.backends import use_backend
-    from rtdp.policy.caching.attach import check_backend, use_cache
     from rtdp.policy.policy import DiffusionPolicy
     from rtdp.policy.samplers import make_sampler
     from rtdp.policy.spec import PolicySpec
@@ -257,13 +255,5 @@ def load_lerobot_policy(path: str | Path, overrides: Iterable[str] = (), device:
     policy = DiffusionPolicy(encoder, denoiser, schedule, make_sampler(sampler_cfg, spec), normalizer,
                              action_dim=action_dim, horizon=horizon, n_obs_steps=n_obs,
                              fps=float(cfg.task.get("fps", 10)))
-    policy.config = cfg
-    policy.checkpoint_path = pretrained
-    device = device or "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        device = "cpu"
-    policy = policy.to(device).eval()
-    backend = check_backend(cache, backend)
-    use_backend(policy, backend, cache_dir=pretrained / "rtdp_backends", **dict(backend_options or {}))
-    use_cache(policy, cache)
-    return policy
+    return serve_policy(policy, cfg, pretrained, device or "cpu", backend, backend_options, cache,
+                        backend_dir=pretrained / "rtdp_backends")

@@ -195,18 +195,17 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | torch.device | None = None,
                 ema: bool = True, backend: str = "auto", backend_options: Mapping[str, Any] | None = None,
                 cache: str | Path | None = None):
-    """The (EMA) policy saved at `path` (checkpoint or run directory, or `lerobot:DIR` for LeRobot's), ready for `act`, with overrides applied
+    """The (EMA) policy saved at `path` (checkpoint or run directory, or `lerobot:DIR` for a policy saved by
+    LeRobot), ready for `act`, with overrides applied
     (`sampler=ddim`, `sampler.num_steps=10`, ...) and its denoiser served by `backend` (`eager`, `onnx`,
     `cuda_graph`, or `auto`: CUDA graphs on a GPU, eager on the CPU; see rtdp/policy/backends). An ONNX graph is
     cached in `<checkpoint>/backends/`. `cache` attaches a block cache (`bac`, a schedule's path, docs/caching.md);
     it runs the transformer block by block, so it takes the eager backend (`auto` becomes eager)."""
-    from rtdp.policy.lerobot_policy import is_lerobot_path, load_lerobot_policy
+    if str(path).startswith("lerobot:"):  # a policy saved by LeRobot (rtdp/policy/lerobot_policy.py)
+        from rtdp.policy.lerobot_policy import load_lerobot_policy
 
-    if is_lerobot_path(path):  # `lerobot:PATH`, a policy saved by LeRobot (rtdp/policy/lerobot_policy.py)
         return load_lerobot_policy(path, overrides, device=device, backend=backend, backend_options=backend_options,
                                    cache=cache)
-    from rtdp.policy.backends import use_backend
-    from rtdp.policy.caching.attach import check_backend, use_cache
     from rtdp.policy.factory import make_policy
 
     ckpt = resolve_checkpoint(path)
@@ -227,13 +226,22 @@ def load_policy(path: str | Path, overrides: Iterable[str] = (), device: str | t
     weights = read_tensors(ckpt / "model.safetensors")
     prefix = "ema" if ema and any(k.startswith("ema.") for k in weights) else "model"
     load_weights(policy, _split_weights(weights, prefix), prefix, str(cfg.policy.get("name")))
+    return serve_policy(policy, cfg, ckpt, device or cfg.get("device", "cpu"), backend, backend_options, cache,
+                        backend_dir=ckpt / "backends")
+
+
+def serve_policy(policy, cfg: DictConfig, path: Path, device: str | torch.device, backend: str,
+                 backend_options: Mapping[str, Any] | None, cache: str | Path | None, backend_dir: Path):
+    """A built policy made ready for `act`: its config and path recorded, on `device` (the CPU when CUDA is
+    absent), in eval mode, its denoiser served by `backend` (graphs cached in `backend_dir`) and `cache` attached."""
+    from rtdp.policy.backends import use_backend
+    from rtdp.policy.caching.attach import check_backend, use_cache
+
     policy.config = cfg
-    policy.checkpoint_path = ckpt
-    device = device or cfg.get("device", "cpu")
+    policy.checkpoint_path = path
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         device = "cpu"
     policy = policy.to(device).eval()
-    backend = check_backend(cache, backend)
-    use_backend(policy, backend, cache_dir=ckpt / "backends", **dict(backend_options or {}))
+    use_backend(policy, check_backend(cache, backend), cache_dir=backend_dir, **dict(backend_options or {}))
     use_cache(policy, cache)
     return policy
