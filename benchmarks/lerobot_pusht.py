@@ -160,9 +160,15 @@ def record(args: argparse.Namespace) -> None:
         comparisons[sampler] = {"coverage_rtdp_minus_lerobot": paired_coverage(ours["episodes"], theirs["episodes"]),
                                 "success_rtdp": [k1, n1], "success_lerobot": [k0, n0],
                                 "success_ratio_katz95": [ratio, lo, hi]}
+    rtdp_step = int(rtdp_ckpts[-1].name.removeprefix("step_")) if rtdp_ckpts else None
+    lerobot = lerobot_steps()
+    # training speed, one core each, side by side: steps reached per minute of the shared wall time
+    pace = {"rtdp_steps_per_min": rtdp_step / meta["minutes"] if rtdp_step else None,
+            "lerobot_steps_per_min": (lerobot["last_logged_step"] or 0) / meta["minutes"]}
+    if pace["rtdp_steps_per_min"] and pace["lerobot_steps_per_min"]:
+        pace["rtdp_over_lerobot"] = pace["rtdp_steps_per_min"] / pace["lerobot_steps_per_min"]
     rec = metrics.record("lerobot_vs_rtdp_pusht", training={
-        **meta, "rtdp_final_step": int(rtdp_ckpts[-1].name.removeprefix("step_")) if rtdp_ckpts else None,
-        "lerobot": lerobot_steps()},
+        **meta, "rtdp_final_step": rtdp_step, "lerobot": lerobot, "pace": pace},
         rows={k: {key: v.get(key) for key in ("status", "score", "nfe_per_action", "timing", "row", "finished")}
               for k, v in rows.items()}, comparisons=comparisons)
     metrics.write_json(OUT, rec)

@@ -11,6 +11,9 @@ from typing import Any
 
 from rtdp import metrics
 
+# The fast-sampler target of issue 19: >= 95% of plain DDIM-10's success at <= 1/3 of its NFE per executed action.
+TARGET_SUCCESS_RATIO, TARGET_NFE_RATIO = 0.95, 1 / 3
+TARGET_COLUMNS = ("row", "NFE ÷ reference", "success ÷ reference [95% CI]", "verdict")
 COLUMNS = ("row", "seeds", "success [95% CI]", "coverage", "NFE / action", "plan p50 / p99 (ms)",
            "ms / step", "actions / plan", "seam jerk", "success ÷ baseline [95% CI]", "ms / step ÷ baseline")
 
@@ -66,6 +69,43 @@ def table_rows(recs: list[dict[str, Any]]) -> list[list[str]]:
                     f"{t['wall_ms_per_step']:.2f}" if t else "", f"{rec['actions_per_plan']:.1f}",
                     f"{rec['seams']['jerk_mean']:.3g}" if rec["seams"].get("jerk_mean") is not None else "",
                     ratio, speed])
+    return out
+
+
+def target_reference(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The finished row the fast-sampler target is read against: the one marked `target_reference`, else the
+    group's baseline."""
+    done = [r for r in recs if r.get("status") == "done"]
+    return (next((r for r in done if r["row"].get("target_reference")), None)
+            or next((r for r in done if r["row"].get("baseline")), None))
+
+
+def target_verdicts(recs: list[dict[str, Any]]) -> list[list[str]]:
+    """Each finished row of a group that spends less NFE per action than the reference, against the target. The
+    verdict reads the success ratio's Katz 95% interval: `met` when its lower end is >= 0.95, `missed` when its
+    upper end is below 0.95, `not resolved` when the interval holds 0.95 (more seeds are needed to tell), and
+    `NFE too high` above a third of the reference's NFE per action. A reference with no success gives no ratio."""
+    ref = target_reference(recs)
+    if ref is None:
+        return []
+    out = []
+    for rec in recs:
+        if rec is ref or rec.get("status") != "done" or rec["nfe_per_action"] >= ref["nfe_per_action"]:
+            continue
+        nfe = rec["nfe_per_action"] / ref["nfe_per_action"]
+        if _successes(ref)[0] == 0:
+            out.append([rec["row"]["name"], f"{nfe:.2f}", "", "reference never succeeds: no ratio"])
+            continue
+        r, lo, hi = metrics.ratio_interval(*_successes(rec), *_successes(ref))
+        if nfe > TARGET_NFE_RATIO + 1e-9:
+            verdict = "NFE too high"
+        elif lo >= TARGET_SUCCESS_RATIO:
+            verdict = "met"
+        elif hi < TARGET_SUCCESS_RATIO:
+            verdict = "missed"
+        else:
+            verdict = "not resolved (interval holds 0.95)"
+        out.append([rec["row"]["name"], f"{nfe:.2f}", f"{r:.2f} [{lo:.2f}, {hi:.2f}]", verdict])
     return out
 
 
@@ -138,6 +178,14 @@ def build_report(results: str | Path) -> Path:
         lines += [f"## {group}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(group_recs)]
         lines.append("")
+        if verdicts := target_verdicts(group_recs):
+            ref = target_reference(group_recs)
+            lines += [(f"Target: success >= {TARGET_SUCCESS_RATIO:.0%} of `{ref['row']['name']}`'s at <= 1/3 of its "
+                       f"{ref['nfe_per_action']:.2f} NFE per action, read from the success ratio's 95% interval "
+                       "(rows spending less NFE per action than the reference)."), "",
+                      "| " + " | ".join(TARGET_COLUMNS) + " |", "|" + "---|" * len(TARGET_COLUMNS)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in verdicts]
+            lines.append("")
     if png is not None:
         lines += [f"![success against compute]({png.name})", ""]
     path = results / "report.md"

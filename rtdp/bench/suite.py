@@ -16,7 +16,7 @@ from rtdp.envs.execution import EXECUTIONS
 
 ROW_KEYS = {"name", "checkpoint", "train", "overrides", "task", "obs_mode", "backend", "cache", "delay", "execution",
             "episodes", "seed", "seed_role", "n_envs", "max_steps", "only_task", "timing_calls", "group",
-            "baseline"}
+            "baseline", "target_reference"}
 SUITE_KEYS = {"name", "results", "workers", "on_missing", "executor", "ray_address", "defaults", "rows"}
 SEED_ROLES = ("report", "tuning")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -49,10 +49,11 @@ class Row:
     timing_calls: int = 20           # batch-1 plans timed after the episodes (0: no timing)
     group: str | None = None         # the report's table (default: the task)
     baseline: bool = False           # the row the group's ratios are taken against
+    target_reference: bool = False   # the row the fast-sampler target is read against (default: the baseline)
 
     def key(self) -> str:
         """A hash of everything that decides the row's figures: a stored result with another key is stale."""
-        spec = {k: v for k, v in asdict(self).items() if k not in ("group", "baseline", "train")}
+        spec = {k: v for k, v in asdict(self).items() if k not in ("group", "baseline", "target_reference", "train")}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -170,4 +171,5 @@ def _row(raw: Any, i: int, path: Path) -> Row:
     if kw.get("execution", "naive") not in EXECUTIONS:
         raise SuiteError(f"{where}: execution must be one of {', '.join(EXECUTIONS)}, got {kw['execution']!r}")
     kw["baseline"] = bool(raw.get("baseline", False))
+    kw["target_reference"] = bool(raw.get("target_reference", False))
     return Row(**kw)

@@ -279,3 +279,18 @@ def test_rtdp_eval_of_a_lerobot_checkpoint_without_a_task_is_one_line_and_exit_2
     assert main(["eval", f"checkpoint=lerobot:{lerobot_dir}", f"out={tmp_path / 'ev'}", *KEYS]) == 2
     err = capsys.readouterr().err
     assert "give task=ID and obs_mode=" in err and err.count("\n") == 1 and not (tmp_path / "ev").exists()
+
+
+def test_lerobot_train_output_layouts_resolve_to_their_pretrained_model(lerobot_dir, tmp_path):
+    import shutil
+
+    from rtdp.policy.lerobot_policy import resolve_pretrained
+
+    out = tmp_path / "train_out"
+    for step in ("005000", "last"):
+        shutil.copytree(lerobot_dir, out / "checkpoints" / step / "pretrained_model")
+    assert resolve_pretrained(f"lerobot:{out}") == out / "checkpoints" / "last" / "pretrained_model"
+    assert resolve_pretrained(out / "checkpoints" / "005000") == out / "checkpoints" / "005000" / "pretrained_model"
+    assert resolve_pretrained(lerobot_dir) == lerobot_dir
+    with pytest.raises(CheckpointError, match="holds no LeRobot policy"):
+        resolve_pretrained(out / "checkpoints")

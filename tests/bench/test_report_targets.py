@@ -1,0 +1,54 @@
+"""The report's target table reads the success ratio's 95% interval: a margin inside the interval is not a pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rtdp.bench.report import build_report, target_verdicts
+from rtdp.metrics import wilson_interval
+
+
+def record(name: str, k: int, n: int, nfe: float, baseline: bool = False, reference: bool = False) -> dict:
+    """A finished row record with the fields the report reads."""
+    return {"status": "done", "run_id": "r1", "task": "pusht", "nfe_per_action": nfe, "actions_per_plan": 8.0,
+            "row": {"name": name, "seed": 200000, "episodes": n, "baseline": baseline, "target_reference": reference},
+            "score": {"success_rate": k / n, "n": n, "success_ci95": list(wilson_interval(k, n))},
+            "seams": {"jerk_mean": None}, "timing": None}
+
+
+def verdicts(*recs: dict) -> dict[str, str]:
+    return {cells[0]: cells[3] for cells in target_verdicts(list(recs))}
+
+
+def test_a_fast_row_meets_the_target_only_when_the_whole_interval_clears_95_percent():
+    base = record("ddim10", 400, 500, 1.25, baseline=True)
+    got = verdicts(base, record("close", 40, 50, 0.25), record("sure", 495, 500, 0.25), record("worse", 20, 50, 0.25))
+    assert got == {"close": "not resolved (interval holds 0.95)", "sure": "met", "worse": "missed"}
+
+
+def test_a_row_spending_more_than_a_third_of_the_references_nfe_fails_whatever_its_success():
+    base = record("ddim10", 40, 50, 1.25, baseline=True)
+    got = verdicts(base, record("ddpm100", 50, 50, 12.5), record("half", 50, 50, 0.6), record("third", 40, 50, 1.25 / 3))
+    assert got == {"half": "NFE too high", "third": "not resolved (interval holds 0.95)"}  # ddpm100 spends more
+
+
+def test_the_target_is_read_against_the_marked_reference_row_not_the_baseline():
+    recs = [record("ddim10_chunk", 40, 50, 1.25, baseline=True), record("ddim10_step", 30, 50, 10.0, reference=True),
+            record("sdp", 30, 50, 1.0)]
+    assert verdicts(*recs) == {"ddim10_chunk": "met", "sdp": "not resolved (interval holds 0.95)"}
+
+
+def test_no_reference_or_a_reference_without_success_gives_no_verdict():
+    assert target_verdicts([record("a", 5, 10, 1.0), record("b", 5, 10, 0.1)]) == []
+    assert verdicts(record("base", 0, 50, 1.25, baseline=True), record("fast", 3, 50, 0.25)) == {
+        "fast": "reference never succeeds: no ratio"}
+
+
+def test_the_report_states_the_target_table_under_its_group(tmp_path: Path):
+    (tmp_path / "rows").mkdir()
+    for rec in (record("ddim10", 40, 50, 1.25, baseline=True), record("rti", 10, 50, 0.25)):
+        (tmp_path / "rows" / f"{rec['row']['name']}.json").write_text(json.dumps(rec))
+    report = build_report(tmp_path).read_text()
+    assert "Target: success >= 95% of `ddim10`'s at <= 1/3 of its 1.25 NFE per action" in report
+    assert "| rti | 0.20 | 0.25 [0.14, 0.44] | missed |" in report
