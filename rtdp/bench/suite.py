@@ -16,7 +16,7 @@ from rtdp.envs.execution import EXECUTIONS
 
 ROW_KEYS = {"name", "checkpoint", "train", "overrides", "task", "obs_mode", "backend", "cache", "delay", "execution",
             "episodes", "seed", "seed_role", "n_envs", "max_steps", "only_task", "timing_calls", "group",
-            "baseline", "target_reference"}
+            "baseline", "target_reference", "env"}
 SUITE_KEYS = {"name", "results", "workers", "on_missing", "executor", "ray_address", "defaults", "rows"}
 SEED_ROLES = ("report", "tuning")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -46,6 +46,7 @@ class Row:
     n_envs: int = 2
     max_steps: int | None = None
     only_task: str | None = None
+    env: str | None = None           # the address of an `rtdp serve-env` running the task (robosuite's own venv)
     timing_calls: int = 20           # batch-1 plans timed after the episodes (0: no timing)
     group: str | None = None         # the report's table (default: the task)
     baseline: bool = False           # the row the group's ratios are taken against
@@ -53,7 +54,7 @@ class Row:
 
     def key(self) -> str:
         """A hash of everything that decides the row's figures: a stored result with another key is stale."""
-        spec = {k: v for k, v in asdict(self).items() if k not in ("group", "baseline", "target_reference", "train")}
+        spec = {k: v for k, v in asdict(self).items() if k not in ("group", "baseline", "target_reference", "train", "env")}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -161,7 +162,7 @@ def _row(raw: Any, i: int, path: Path) -> Row:
             if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < low:
                 raise SuiteError(f"{where}: {key} must be an integer >= {low}, got {raw[key]!r}")
             kw[key] = raw[key]
-    for key in ("task", "obs_mode", "cache", "only_task", "group", "execution", "backend", "seed_role"):
+    for key in ("task", "obs_mode", "cache", "only_task", "group", "execution", "backend", "seed_role", "env"):
         if raw.get(key) is not None:
             kw[key] = str(raw[key])
     if kw.get("backend", "auto") not in BACKENDS:
@@ -170,6 +171,9 @@ def _row(raw: Any, i: int, path: Path) -> Row:
         raise SuiteError(f"{where}: seed_role must be 'report' or 'tuning', got {kw['seed_role']!r}")
     if kw.get("execution", "naive") not in EXECUTIONS:
         raise SuiteError(f"{where}: execution must be one of {', '.join(EXECUTIONS)}, got {kw['execution']!r}")
+    if kw.get("env") is not None and not kw["env"].startswith(("tcp://", "ipc://")):
+        raise SuiteError(f"{where}: env must be the address of an `rtdp serve-env` (tcp://HOST:PORT or ipc://PATH), "
+                         f"got {kw['env']!r}")
     kw["baseline"] = bool(raw.get("baseline", False))
     kw["target_reference"] = bool(raw.get("target_reference", False))
     return Row(**kw)

@@ -31,6 +31,8 @@ def run_row(row: dict[str, Any], report: Callable[[int], None] | None = None) ->
     obs_mode = env_cfg.get("obs_mode") if row["task"] is None else row.get("obs_mode")
     max_steps = row["max_steps"] or (env_cfg.get("max_steps") if row["task"] is None else None)
     env_kwargs = {"only_task": row["only_task"]} if row["only_task"] else {}
+    if row.get("env"):  # the task runs in an `rtdp serve-env` there (rtdp/envs/remote.py)
+        env_kwargs["address"] = row["env"]
     policy = load_policy(ckpt, row["overrides"], backend=row["backend"], cache=row["cache"])
     done = 0
 

@@ -75,6 +75,23 @@ CACHE_HELP = ("block cache of a transformer policy: bac (the schedule `rtdp cali
               "checkpoint for these weights and sampler), the path of a schedule JSON, or none")
 
 
+ENV_ADDRESS_HELP = ("the address of an `rtdp serve-env` serving the task (tcp://HOST:PORT or ipc://PATH): the task runs "
+                    "there, e.g. robosuite in .venv-robosuite (default: made in this process)")
+
+
+def env_address(raw: str | None) -> dict[str, str]:
+    """`env=ADDRESS` as env options for `rtdp.envs.make` (none when not given); a value that is no ZeroMQ
+    address is refused with what to pass."""
+    if raw is None:
+        return {}
+    if not raw.startswith(("tcp://", "ipc://")):
+        from rtdp.cli.main import CLIError
+
+        raise CLIError(f"env={raw} is not the address of an env server: give tcp://HOST:PORT or ipc://PATH, as "
+                       "`rtdp serve-env bind=...` was started with")
+    return {"address": raw}
+
+
 def convert(key: str, raw: str, spec: Key) -> Any:
     """`raw` as `spec` says, or a CLIError naming the key, the value and what it takes."""
     text = raw.strip()

@@ -8,7 +8,7 @@ import argparse
 
 from rtdp.cli.main import CLIError
 
-USAGE = ("rtdp bench SUITE.yaml [--resume] [--only ROW ...] [--no-progress] [--executor local|ray] "
+USAGE = ("rtdp bench SUITE.yaml [--resume] [--only ROW ...] [--workers N] [--no-progress] [--executor local|ray] "
          "[--ray-address ADDR] | rtdp bench report RESULTS_DIR")
 
 
@@ -33,6 +33,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("suite", help="the suite file (YAML; docs/bench.md)")
     ap.add_argument("--resume", action="store_true", help="keep finished rows and run the rest")
     ap.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows")
+    ap.add_argument("--workers", type=int, metavar="N",
+                    help="rows at once, overriding the suite's (e.g. 1 while another job holds a core)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--executor", choices=("local", "ray"), help="override the suite's executor")
     ap.add_argument("--ray-address", help="executor ray: the cluster's address (default: start a local Ray)")
@@ -42,6 +44,10 @@ def main(argv: list[str]) -> int:
 
     try:
         suite = load_suite(args.suite)
+        if args.workers is not None:
+            if args.workers < 1:
+                raise CLIError(f"--workers must be >= 1, got {args.workers}")
+            suite.workers = args.workers
         if args.executor:
             suite.executor = args.executor
         if args.ray_address:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtdp.cli.args import Key, parse_keys, parse_value
+from rtdp.cli.args import ENV_ADDRESS_HELP, Key, env_address, parse_keys, parse_value
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp collect task=ID episodes=N out=PATH.zarr [seed=0] [obs_mode=MODE] [keep_failed=false] "
-         "[max_steps=N] [action_noise=0] [progress=true] [env key=value ...]")
+         "[max_steps=N] [action_noise=0] [env=tcp://ADDR] [progress=true] [env key=value ...]")
 KEYS = {
     "task": Key("str", required=True, help="the rtdp task id (its scripted expert collects)"),
     "episodes": Key("int", required=True, min=1, help="episodes the buffer should hold (resumes up to it)"),
@@ -25,6 +25,7 @@ KEYS = {
     "max_steps": Key("int", None, min=1, help="episode step limit (default: the task's)"),
     "action_noise": Key("float", 0.0, min=0.0, max=1.0, help="DART noise, a fraction of the action range"),
     "progress": Key("bool", True, help="show a progress bar"),
+    "env": Key("str", help=ENV_ADDRESS_HELP),
 }
 
 
@@ -55,13 +56,14 @@ def main(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"out={out} is a file; give a directory for the replay buffer")
     env_kwargs = {k: parse_value(v) for k, v in (a.split("=", 1) for a in rest)}
+    env_kwargs.update(env_address(args["env"]))
     from rtdp.envs.collect import collect
 
     try:
         summary = collect(task, args["episodes"], out, seed=args["seed"], obs_mode=obs_mode,
                           keep_failed=args["keep_failed"], progress=args["progress"], max_steps=args["max_steps"],
                           env_kwargs=env_kwargs, action_noise=args["action_noise"])
-    except (MissingDependencyError, ValueError, TypeError) as err:
+    except (MissingDependencyError, ValueError, TypeError, ConnectionError) as err:
         raise CLIError(str(err)) from None
     print(json.dumps(summary))
     return 0

@@ -22,13 +22,23 @@ import json
 import sys
 from pathlib import Path
 
-from rtdp.cli.args import BACKEND_HELP, BACKENDS, CACHE_HELP, Key, parse_keys, parse_value
+from rtdp.cli.args import (
+    BACKEND_HELP,
+    BACKENDS,
+    CACHE_HELP,
+    ENV_ADDRESS_HELP,
+    Key,
+    env_address,
+    parse_keys,
+    parse_value,
+)
 from rtdp.cli.collect import check_task
 from rtdp.cli.main import CLIError
 
 USAGE = ("rtdp eval task=ID [agent=expert | checkpoint=PATH] out=DIR [episodes=50] [seed=0] [n_envs=2] "
          "[video=N] [obs_mode=MODE] [max_steps=N] [num_threads=N] [delay=0|N|auto] [execution=naive|blend|ensemble] "
-         "[backend=auto|eager|onnx|cuda_graph] [cache=bac|PATH] [only_task=NAME] [progress=true] [overrides ...]")
+         "[backend=auto|eager|onnx|cuda_graph] [cache=bac|PATH] [only_task=NAME] [env=tcp://ADDR] [progress=true] "
+         "[overrides ...]")
 TIMING_CALLS = 12  # plans timed for delay=auto, after the start-up call
 KEYS = {
     "task": Key("str", help="the rtdp task id (default: the checkpoint's task)"),
@@ -52,6 +62,7 @@ KEYS = {
     "cache": Key("str", None, help=CACHE_HELP),
     "only_task": Key("str", help="task=metaworld/mt10: run this one of its tasks (<name>-v3) in every episode, "
                      "with its task id"),
+    "env": Key("str", help=ENV_ADDRESS_HELP),
 }
 
 
@@ -106,6 +117,7 @@ def main(argv: list[str]) -> int:
             raise CLIError(str(err)) from None
     if args["only_task"] is not None:
         env_kwargs["only_task"] = args["only_task"]
+    env_kwargs.update(env_address(args["env"]))
     from rtdp.envs.evaluate import evaluate
     from rtdp.envs.execution import check_delay
 
@@ -117,7 +129,7 @@ def main(argv: list[str]) -> int:
             # episodes at the task's own length: an evaluation's shorter max_steps may end them before a replan
             timing = time_inference(agent, task, n_calls=TIMING_CALLS, seed=args["seed"], obs_mode=obs_mode,
                                     env_kwargs=env_kwargs)
-        except (MissingDependencyError, ValueError, TypeError) as err:
+        except (MissingDependencyError, ValueError, TypeError, ConnectionError) as err:
             raise CLIError(f"delay=auto: the timing run failed: {err}") from None
         delay = int(timing["delay_steps"])
         measured = f"delay=auto: {describe_timing(timing)}"
@@ -136,7 +148,7 @@ def main(argv: list[str]) -> int:
                        obs_mode=obs_mode, max_steps=args["max_steps"], n_videos=args["video"],
                        progress=args["progress"], env_kwargs=env_kwargs, out_dir=out, delay=delay,
                        execution=args["execution"], timing=timing)
-    except (MissingDependencyError, ValueError, TypeError) as err:
+    except (MissingDependencyError, ValueError, TypeError, ConnectionError) as err:
         raise CLIError(str(err)) from None
     print(json.dumps(rec["summary"]))
     return 0

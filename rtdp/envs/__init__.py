@@ -79,10 +79,20 @@ def check_obs_mode(task_id: str, obs_mode: str | None) -> str:
     return obs_mode
 
 
-def make(task_id: str, obs_mode: str | None = None, render_mode: str | None = None, **kw) -> gym.Env:
-    """Build a task's gymnasium env (observations are `spaces.Dict`; `info["success"]` on every step)."""
+def make(task_id: str, obs_mode: str | None = None, render_mode: str | None = None, address: str | None = None,
+         **kw) -> gym.Env:
+    """Build a task's gymnasium env (observations are `spaces.Dict`; `info["success"]` on every step). With
+    `address`, the task runs in an `rtdp serve-env` there (rtdp/envs/remote.py) and this is its client."""
     spec = get_spec(task_id)
     obs_mode = check_obs_mode(task_id, obs_mode)
+    if address is not None:
+        from rtdp.envs.remote import make_remote
+
+        unknown = set(kw) - {"max_episode_steps"}
+        if unknown:
+            raise ValueError(f"env options {sorted(unknown)} go to the server with address=: pass them to "
+                             f"`rtdp serve-env task={task_id} ...` instead")
+        return make_remote(task_id, address, obs_mode, kw.get("max_episode_steps"), render_mode)
     module_name, func_name = spec.factory.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -90,14 +100,18 @@ def make(task_id: str, obs_mode: str | None = None, render_mode: str | None = No
         raise MissingDependencyError(_missing_message(task_id, spec, err)) from err
     factory = getattr(module, func_name)
     try:
-        return factory(task_id=task_id, obs_mode=obs_mode, render_mode=render_mode, **kw)
+        env = factory(task_id=task_id, obs_mode=obs_mode, render_mode=render_mode, **kw)
     except ModuleNotFoundError as err:
         raise MissingDependencyError(_missing_message(task_id, spec, err)) from err
+    # what this env is, for a client of `rtdp serve-env` to check (a fresh dict: metadata is often class-wide)
+    env.metadata = {**env.metadata, "rtdp_task": task_id, "rtdp_obs_mode": obs_mode}
+    return env
 
 
 def _missing_message(task_id: str, spec: TaskSpec, err: ModuleNotFoundError) -> str:
     how = {"robosuite": "robosuite cannot share the main environment (it needs numpy<2): run "
-                        "`make robosuite-env` and use .venv-robosuite, or reach it through `rtdp serve-env`",
+                        "`make robosuite-env` and serve it from there (`.venv-robosuite/bin/rtdp serve-env task=...`), then "
+                        "pass env=tcp://ADDRESS here",
            "sim": "install the simulation extra: pip install -e '.[sim]'"}.get(spec.extra or "",
                                                                               "pip install -e '.[sim]'")
     return f"task {task_id!r} needs the missing module {err.name!r}: {how}"

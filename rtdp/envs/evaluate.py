@@ -56,7 +56,7 @@ def make_vector_env(task_id: str, n_envs: int = 2, obs_mode: str | None = None, 
     fns = [functools.partial(_make_env, task_id, obs_mode, render_mode, max_steps, env_kwargs)
            for _ in range(n_envs)]
     mode = gym.vector.AutoresetMode.DISABLED
-    if n_envs == 1:
+    if n_envs == 1 or env_kwargs.get("address"):  # a served env's copies are clients, with no process of their own
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
     return gym.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=mode)
 

@@ -87,6 +87,13 @@ class RequestClient:
             self._sock = sock
         return self._sock
 
+    def set_timeout(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for each reply from now on: e.g. briefly for the first answer, then long
+        enough for a server that builds a heavy env on a session's first reset."""
+        self.timeout_s = float(timeout_s)
+        if self._sock is not None:
+            self._sock.setsockopt(zmq.RCVTIMEO, max(int(self.timeout_s * 1000), 1))
+
     def _drop_socket(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)

@@ -72,6 +72,7 @@ def test_ratio_interval_is_katzs_log_interval_and_stays_finite_at_zero():
     ({"on_missing": "download", "rows": [{"name": "a", "checkpoint": "x"}]}, "on_missing must be"),
     ({"rows": [{"name": "a", "checkpoint": "lerobot:x"}]}, "a LeRobot checkpoint does not say which env"),
     ({"rows": [{"name": "a", "checkpoint": "x", "obs_mode": "keypoints"}]}, "obs_mode: goes with task:"),
+    ({"rows": [{"name": "a", "checkpoint": "x", "env": "localhost:5601"}]}, "env must be the address"),
 ])
 def test_a_bad_suite_is_refused_in_one_line_naming_the_row_and_key(tmp_path, capsys, change, message):
     path = tmp_path / "bad.yaml"
@@ -141,13 +142,16 @@ def test_a_killed_suite_resumes_with_finished_rows_kept_and_the_killed_row_rerun
     assert len(list((results / "runs").glob("*.json"))) == 2
 
 
-def test_only_runs_the_named_rows_and_an_unknown_name_lists_the_rows(tiny_ckpt, tmp_path, capsys):
+def test_only_runs_the_named_rows_with_the_workers_asked_and_an_unknown_name_lists_the_rows(tiny_ckpt, tmp_path, capsys):
     results = tmp_path / "results"
     suite = write_suite(tmp_path / "suite.yaml", results, rows_for(tiny_ckpt))
-    assert rtdp_main(["bench", str(suite), "--only", "sdp", "--no-progress"]) == 0
+    assert rtdp_main(["bench", str(suite), "--only", "sdp", "--workers", "1", "--no-progress"]) == 0
     assert (results / "rows" / "sdp.json").is_file() and not (results / "rows" / "ddim2.json").exists()
+    assert [json.loads(p.read_text())["workers"] for p in (results / "runs").glob("*.json")] == [1]
     assert rtdp_main(["bench", str(suite), "--only", "ddim3", "--no-progress"]) == 2
     assert "its rows: ddim2, sdp" in capsys.readouterr().err
+    assert rtdp_main(["bench", str(suite), "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
 
 
 def test_a_missing_checkpoint_is_trained_from_the_rows_preset_when_the_suite_says_so(pusht_zarr, tmp_path, capsys):
