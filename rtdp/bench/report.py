@@ -1,6 +1,7 @@
-"""The report of a results folder, from its saved JSON alone: `report.md` with one table per task (success with
-Wilson 95% intervals, NFE per action, batch-1 latency, replanning interval, seam jerk, ratios to the group's
-baseline) and `success_vs_compute.png`. Speed ratios are given only between rows measured in one run."""
+"""The report of a results folder, from its saved JSON alone: `report.md` (and the same as `report.html`) with one
+table per task (success with Wilson 95% intervals, NFE per action, batch-1 latency, replanning interval, seam
+jerk, ratios to the group's baseline, the fast-sampler target) and `success_vs_compute.png`. Speed ratios are
+given only between rows measured in one run."""
 
 from __future__ import annotations
 
@@ -189,7 +190,26 @@ def build_report(results: str | Path) -> Path:
     if png is not None:
         lines += [f"![success against compute]({png.name})", ""]
     path = results / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    _write(path, "\n".join(lines))
+    _write(results / "report.html", html_page(f"Benchmark report: {results.name}", "\n".join(lines)))
     return path
+
+
+def _write(path: Path, text: str) -> None:
+    """Whole or not at all: a crash mid-write leaves the previous file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def html_page(title: str, markdown: str) -> str:
+    """The report as one HTML page (tables and the plot), rendered by markdown-it-py, which rich already
+    brings in, so the page costs no dependency."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+             "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")

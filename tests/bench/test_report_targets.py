@@ -45,10 +45,12 @@ def test_no_reference_or_a_reference_without_success_gives_no_verdict():
         "fast": "reference never succeeds: no ratio"}
 
 
-def test_the_report_states_the_target_table_under_its_group(tmp_path: Path):
+def test_the_report_states_the_target_table_under_its_group_in_markdown_and_html(tmp_path: Path):
     (tmp_path / "rows").mkdir()
     for rec in (record("ddim10", 40, 50, 1.25, baseline=True), record("rti", 10, 50, 0.25)):
         (tmp_path / "rows" / f"{rec['row']['name']}.json").write_text(json.dumps(rec))
     report = build_report(tmp_path).read_text()
     assert "Target: success >= 95% of `ddim10`'s at <= 1/3 of its 1.25 NFE per action" in report
     assert "| rti | 0.20 | 0.25 [0.14, 0.44] | missed |" in report
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<table>") == 2 and "<td>missed</td>" in page and 'src="success_vs_compute.png"' in page
