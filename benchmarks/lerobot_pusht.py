@@ -121,8 +121,9 @@ def lerobot_steps() -> dict:
     """LeRobot's newest saved checkpoint (the one evaluated) and the last step its log reached."""
     ckpts = sorted((LEROBOT_RUN / "checkpoints").glob("[0-9]*"))
     log = (WORK / "lerobot_train.log").read_text() if (WORK / "lerobot_train.log").exists() else ""
-    logged = [int(m.replace("K", "000")) for m in re.findall(r"step:(\d+K?)", log)]
-    return {"checkpoint_step": int(ckpts[-1].name) if ckpts else None, "last_logged_step": max(logged, default=None)}
+    # lerobot-train's progress bar counts every step ("| 2504/20000 ["); its log lines round to thousands ("2K")
+    counted = [int(m) for m in re.findall(r"\|\s*(\d+)/\d+ \[", log)]
+    return {"checkpoint_step": int(ckpts[-1].name) if ckpts else None, "last_logged_step": max(counted, default=None)}
 
 
 def paired_coverage(ours: list[dict], theirs: list[dict]) -> dict:

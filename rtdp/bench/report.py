@@ -82,8 +82,8 @@ def target_reference(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def target_verdicts(recs: list[dict[str, Any]]) -> list[list[str]]:
-    """Each finished row of a group that spends less NFE per action than the reference, against the target. The
-    verdict reads the success ratio's Katz 95% interval: `met` when its lower end is >= 0.95, `missed` when its
+    """Each finished row of a group on the reference's checkpoint that spends less NFE per action than the
+    reference, against the target (a sampler's target is against its own weights). The verdict reads the success ratio's Katz 95% interval: `met` when its lower end is >= 0.95, `missed` when its
     upper end is below 0.95, `not resolved` when the interval holds 0.95 (more seeds are needed to tell), and
     `NFE too high` above a third of the reference's NFE per action. A reference with no success gives no ratio."""
     ref = target_reference(recs)
@@ -91,7 +91,8 @@ def target_verdicts(recs: list[dict[str, Any]]) -> list[list[str]]:
         return []
     out = []
     for rec in recs:
-        if rec is ref or rec.get("status") != "done" or rec["nfe_per_action"] >= ref["nfe_per_action"]:
+        if (rec is ref or rec.get("status") != "done" or rec["nfe_per_action"] >= ref["nfe_per_action"]
+                or rec["row"].get("checkpoint") != ref["row"].get("checkpoint")):
             continue
         nfe = rec["nfe_per_action"] / ref["nfe_per_action"]
         if _successes(ref)[0] == 0:
@@ -183,7 +184,7 @@ def build_report(results: str | Path) -> Path:
             ref = target_reference(group_recs)
             lines += [(f"Target: success >= {TARGET_SUCCESS_RATIO:.0%} of `{ref['row']['name']}`'s at <= 1/3 of its "
                        f"{ref['nfe_per_action']:.2f} NFE per action, read from the success ratio's 95% interval "
-                       "(rows spending less NFE per action than the reference)."), "",
+                       "(rows on its checkpoint spending less NFE per action)."), "",
                       "| " + " | ".join(TARGET_COLUMNS) + " |", "|" + "---|" * len(TARGET_COLUMNS)]
             lines += ["| " + " | ".join(cells) + " |" for cells in verdicts]
             lines.append("")

@@ -39,6 +39,13 @@ def test_the_target_is_read_against_the_marked_reference_row_not_the_baseline():
     assert verdicts(*recs) == {"ddim10_chunk": "met", "sdp": "not resolved (interval holds 0.95)"}
 
 
+def test_rows_on_other_weights_are_left_out_of_the_target():
+    other = record("lerobot_rti", 10, 50, 1.0)
+    other["row"]["checkpoint"] = "lerobot:elsewhere"
+    assert verdicts(record("ddim10", 40, 50, 1.25, baseline=True), other, record("rti", 40, 50, 0.4)) == {
+        "rti": "not resolved (interval holds 0.95)"}
+
+
 def test_no_reference_or_a_reference_without_success_gives_no_verdict():
     assert target_verdicts([record("a", 5, 10, 1.0), record("b", 5, 10, 0.1)]) == []
     assert verdicts(record("base", 0, 50, 1.25, baseline=True), record("fast", 3, 50, 0.25)) == {
