@@ -82,23 +82,25 @@ def target_reference(recs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def target_verdicts(recs: list[dict[str, Any]]) -> list[list[str]]:
-    """Each finished row of a group on the reference's checkpoint that spends less NFE per action than the
-    reference, against the target (a sampler's target is against its own weights). The verdict reads the success ratio's Katz 95% interval: `met` when its lower end is >= 0.95, `missed` when its
-    upper end is below 0.95, `not resolved` when the interval holds 0.95 (more seeds are needed to tell), and
-    `NFE too high` above a third of the reference's NFE per action. A reference with no success gives no ratio."""
+    """Each finished row of a group on the reference's checkpoint (a sampler is held to its own weights) that
+    spends less NFE per action than the reference, against the target. The verdict reads the success ratio's
+    Katz 95% interval: `met` when its lower end is >= 0.95, `missed` when its upper end is below 0.95, `not
+    resolved` when the interval holds 0.95 (more seeds are needed to tell), and `NFE too high` above a third of
+    the reference's NFE per action. A reference with no success gives no ratio."""
     ref = target_reference(recs)
     if ref is None:
         return []
+    k0, n0 = _successes(ref)
     out = []
     for rec in recs:
         if (rec is ref or rec.get("status") != "done" or rec["nfe_per_action"] >= ref["nfe_per_action"]
                 or rec["row"].get("checkpoint") != ref["row"].get("checkpoint")):
             continue
         nfe = rec["nfe_per_action"] / ref["nfe_per_action"]
-        if _successes(ref)[0] == 0:
+        if k0 == 0:
             out.append([rec["row"]["name"], f"{nfe:.2f}", "", "reference never succeeds: no ratio"])
             continue
-        r, lo, hi = metrics.ratio_interval(*_successes(rec), *_successes(ref))
+        r, lo, hi = metrics.ratio_interval(*_successes(rec), k0, n0)
         if nfe > TARGET_NFE_RATIO + 1e-9:
             verdict = "NFE too high"
         elif lo >= TARGET_SUCCESS_RATIO:

@@ -13,12 +13,15 @@ from typing import Any
 
 from rtdp.cli.args import BACKENDS
 from rtdp.envs.execution import EXECUTIONS
+from rtdp.envs.remote import is_address
 
 ROW_KEYS = {"name", "checkpoint", "train", "overrides", "task", "obs_mode", "backend", "cache", "delay", "execution",
             "episodes", "seed", "seed_role", "n_envs", "max_steps", "only_task", "timing_calls", "group",
             "baseline", "target_reference", "env"}
 SUITE_KEYS = {"name", "results", "workers", "on_missing", "executor", "ray_address", "defaults", "rows"}
 SEED_ROLES = ("report", "tuning")
+# row keys that change how a row is labelled, made or reached, not its figures: left out of its result's key
+SETTINGS_NOT_FIGURES = ("group", "baseline", "target_reference", "train", "env")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -54,7 +57,7 @@ class Row:
 
     def key(self) -> str:
         """A hash of everything that decides the row's figures: a stored result with another key is stale."""
-        spec = {k: v for k, v in asdict(self).items() if k not in ("group", "baseline", "target_reference", "train", "env")}
+        spec = {k: v for k, v in asdict(self).items() if k not in SETTINGS_NOT_FIGURES}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -171,7 +174,7 @@ def _row(raw: Any, i: int, path: Path) -> Row:
         raise SuiteError(f"{where}: seed_role must be 'report' or 'tuning', got {kw['seed_role']!r}")
     if kw.get("execution", "naive") not in EXECUTIONS:
         raise SuiteError(f"{where}: execution must be one of {', '.join(EXECUTIONS)}, got {kw['execution']!r}")
-    if kw.get("env") is not None and not kw["env"].startswith(("tcp://", "ipc://")):
+    if kw.get("env") is not None and not is_address(kw["env"]):
         raise SuiteError(f"{where}: env must be the address of an `rtdp serve-env` (tcp://HOST:PORT or ipc://PATH), "
                          f"got {kw['env']!r}")
     kw["baseline"] = bool(raw.get("baseline", False))

@@ -75,8 +75,8 @@ CACHE_HELP = ("block cache of a transformer policy: bac (the schedule `rtdp cali
               "checkpoint for these weights and sampler), the path of a schedule JSON, or none")
 
 
-ENV_ADDRESS_HELP = ("the address of an `rtdp serve-env` serving the task (tcp://HOST:PORT or ipc://PATH): the task runs "
-                    "there, e.g. robosuite in .venv-robosuite (default: made in this process)")
+ENV_ADDRESS_HELP = ("the address of an `rtdp serve-env` serving the task (tcp://HOST:PORT or ipc://PATH): the "
+                    "task runs there, e.g. robosuite in .venv-robosuite (default: made in this process)")
 
 
 def env_address(raw: str | None) -> dict[str, str]:
@@ -84,7 +84,9 @@ def env_address(raw: str | None) -> dict[str, str]:
     address is refused with what to pass."""
     if raw is None:
         return {}
-    if not raw.startswith(("tcp://", "ipc://")):
+    from rtdp.envs.remote import is_address
+
+    if not is_address(raw):
         from rtdp.cli.main import CLIError
 
         raise CLIError(f"env={raw} is not the address of an env server: give tcp://HOST:PORT or ipc://PATH, as "

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+SCHEMES = ("tcp://", "ipc://")  # where an `rtdp serve-env` can be reached
 HELLO_TIMEOUT_S = 5.0    # no answer to the first request within this (twice): no server at the address
 REPLY_TIMEOUT_S = 60.0   # afterwards: a session's first reset builds its env on the server (robosuite: seconds)
+
+
+def is_address(text: str) -> bool:
+    """Whether `text` names an env server (tcp://HOST:PORT, ipc://PATH) rather than a task made in-process."""
+    return text.startswith(SCHEMES)
 
 
 def make_remote(task_id: str, address: str, obs_mode: str, max_episode_steps: int | None = None,
