@@ -206,8 +206,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def html_page(title: str, markdown: str) -> str:
-    """The report as one HTML page (tables and the plot), rendered by markdown-it-py, which rich already
-    brings in, so the page costs no dependency."""
+    """The report as one HTML page (tables and the plot), rendered by markdown-it-py (a dependency rich has
+    too, so the page costs no extra install)."""
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark").enable("table").render(markdown)
