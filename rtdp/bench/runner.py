@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rtdp import metrics
-from rtdp.bench.suite import Row, Suite, SuiteError
+from rtdp.bench.suite import SETTINGS_NOT_FIGURES, Row, Suite, SuiteError
 
 POLL_S = 0.5  # seconds between progress updates while rows run (both executors)
 
@@ -51,6 +51,9 @@ def run_suite(suite: Suite, only: list[str] | None = None, resume: bool = False,
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
     _write_run(suite, run_id, todo)
     status: dict[str, str] = {r.name: "done (kept)" for r in rows if r.name in finished}
+    for r in rows:
+        if r.name in finished:
+            _refresh_kept(results, r)
     todo = _checkpoints(suite, todo, status, python)
     with _Bars(progress, todo) as bars:
         if suite.executor == "ray":
@@ -61,6 +64,17 @@ def run_suite(suite: Suite, only: list[str] | None = None, resume: bool = False,
             status.update(_run_local(suite, todo, run_id, bars, python))
     _finish_run(suite, run_id, status)
     return status
+
+
+def _refresh_kept(results: Path, row: Row) -> None:
+    """A kept row takes the suite's current presentation settings (group, baseline, target reference, ...):
+    they change how the report reads the row, not its figures, so the row is not rerun for them."""
+    path = row_paths(results, row.name)["result"]
+    rec = json.loads(path.read_text())
+    now = json.loads(json.dumps({k: v for k, v in asdict(row).items() if k in SETTINGS_NOT_FIGURES}))  # as stored
+    if any(rec["row"].get(k) != v for k, v in now.items()):
+        rec["row"].update(now)
+        metrics.write_json(path, rec)
 
 
 def _run_local(suite: Suite, todo: list[Row], run_id: str, bars: _Bars, python: str) -> dict[str, str]:

@@ -142,6 +142,23 @@ def test_a_killed_suite_resumes_with_finished_rows_kept_and_the_killed_row_rerun
     assert len(list((results / "runs").glob("*.json"))) == 2
 
 
+def test_a_resumed_suite_keeps_its_rows_but_takes_their_new_baseline_and_group(tiny_ckpt, tmp_path):
+    results = tmp_path / "results"
+    rows = rows_for(tiny_ckpt)
+    suite = write_suite(tmp_path / "suite.yaml", results, rows, workers=1)
+    assert rtdp_main(["bench", str(suite), "--no-progress"]) == 0
+    before = {n: json.loads(row_paths(results, n)["result"].read_text()) for n in ("ddim2", "sdp")}
+    rows[0]["baseline"], rows[1]["baseline"], rows[1]["group"] = False, True, "other"
+    write_suite(tmp_path / "suite.yaml", results, rows, workers=1)
+    assert rtdp_main(["bench", str(suite), "--resume", "--no-progress"]) == 0
+    after = {n: json.loads(row_paths(results, n)["result"].read_text()) for n in ("ddim2", "sdp")}
+    assert after["sdp"]["row"]["baseline"] and after["sdp"]["row"]["group"] == "other"
+    assert not after["ddim2"]["row"]["baseline"]
+    for n in after:  # the figures are the ones measured before
+        assert after[n]["score"] == before[n]["score"] and after[n]["finished"] == before[n]["finished"]
+    assert "## other" in (results / "report.md").read_text()
+
+
 def test_only_runs_the_named_rows_with_the_workers_asked_and_an_unknown_name_lists_the_rows(tiny_ckpt, tmp_path, capsys):
     results = tmp_path / "results"
     suite = write_suite(tmp_path / "suite.yaml", results, rows_for(tiny_ckpt))
