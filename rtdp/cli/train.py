@@ -5,6 +5,7 @@ Examples:
     rtdp train task=pusht_keypoints training.num_steps=20000
     rtdp train policy=transformer task=pusht_image device=cuda
     rtdp train out_dir=runs/train/pusht_keypoints_unet1d resume=true
+    rtdp train task.dataset.path=robot_demos.zarr init_from=runs/train/arm_lift_sdp_unet   # fine-tune
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def check_config(cfg) -> None:
     memory = OmegaConf.select(cfg, "training.data_in_memory", default="auto")
     if memory not in (True, False, "auto"):
         raise CLIError(f"training.data_in_memory={memory!r} is not valid: use true, false or auto")
+    init = OmegaConf.select(cfg, "init_from", default=None)
+    if init is not None:
+        from rtdp.policy.loading import CheckpointError, resolve_checkpoint
+
+        try:
+            resolve_checkpoint(str(init))
+        except CheckpointError as err:
+            raise CLIError(f"init_from: {err}") from None
     out = Path(str(cfg.out_dir))
     if out.exists() and not out.is_dir():
         raise CLIError(f"out_dir={out} is a file; give a directory for the run's checkpoints and logs")

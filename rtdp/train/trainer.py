@@ -204,6 +204,11 @@ def evaluate_policy(policy: Any, cfg: DictConfig, n_episodes: int) -> dict[str, 
                     obs_mode=env.get("obs_mode"), max_steps=int(env.max_steps), progress=False)
 
 
+def _shapes(normalizer: Normalizer) -> dict[str, tuple[int, ...]]:
+    """Each normalised key with the shape of its coefficients: what two normalisers must share to swap."""
+    return {k: tuple(normalizer.stats(k)["scale"].shape) for k in sorted(normalizer.keys())}
+
+
 def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available() and generator.device.type == "cuda":
@@ -261,6 +266,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if cfg.resume:
             self._resume()
+        elif cfg.get("init_from"):
+            self._init_from(cfg.init_from)
         self.model = self.policy
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -284,11 +291,7 @@ class Trainer:
     def _resume(self) -> None:
         ckpt = resolve_checkpoint(self.out_dir)
         verify_checkpoint(ckpt)
-        saved = load_config(ckpt)
-        if saved.policy.get("name") != self.cfg.policy.get("name") or \
-                saved.policy.denoiser.get("type") != self.cfg.policy.denoiser.get("type"):
-            raise CheckpointError(f"{ckpt} holds a {saved.policy.get('name')!r} policy, not "
-                                  f"{self.cfg.policy.get('name')!r}; resume with policy={saved.policy.get('name')}")
+        self._check_same_policy(ckpt, "resume")
         weights = read_tensors(ckpt / "model.safetensors")
         name = str(self.cfg.policy.get("name"))
         load_weights(self.policy, {k[6:]: v for k, v in weights.items() if k.startswith("model.")}, "model", name)
@@ -314,6 +317,35 @@ class Trainer:
         self.history = list(state.get("history", []))
         _set_rng_state(self.generator, tensors)
         self.log(f"resumed from {ckpt} at step {self.step}")
+
+    def _check_same_policy(self, ckpt: Path, verb: str) -> None:
+        saved = load_config(ckpt)
+        if saved.policy.get("name") != self.cfg.policy.get("name") or \
+                saved.policy.denoiser.get("type") != self.cfg.policy.denoiser.get("type"):
+            raise CheckpointError(f"{ckpt} holds a {saved.policy.get('name')!r} policy, not "
+                                  f"{self.cfg.policy.get('name')!r}; {verb} with policy={saved.policy.get('name')}")
+
+    def _init_from(self, path: str) -> None:
+        """Fine-tuning: start from another run's EMA weights and normaliser, with a fresh optimiser, schedule and
+        step count. The normaliser comes with the weights, since they only make sense in its units."""
+        ckpt = resolve_checkpoint(path)
+        verify_checkpoint(ckpt)
+        self._check_same_policy(ckpt, "fine-tune")
+        weights = read_tensors(ckpt / "model.safetensors")
+        ema = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
+        name = str(self.cfg.policy.get("name"))
+        load_weights(self.policy, ema, "EMA", name)
+        load_weights(self.ema.averaged, ema, "EMA", name)
+        normalizer = Normalizer.from_state_dict(read_tensors(ckpt / "normalizer.safetensors"))
+        theirs, ours = _shapes(normalizer), _shapes(self.normalizer)
+        if theirs != ours:
+            raise CheckpointError(f"init_from={path}: the checkpoint normalises {theirs}, this dataset has {ours}; "
+                                  "fine-tune on data with the checkpoint's "
+                                  "observation and action keys and sizes")
+        self.normalizer = normalizer
+        self.policy.normalizer = self.ema.averaged.normalizer = self.normalizer
+        self.train_ds.normalizer = self.normalizer
+        self.log(f"fine-tuning from {ckpt}: its EMA weights and normaliser, a fresh optimiser, step 0")
 
     # -------------------------------------------------------------------------------------- pieces
     def log(self, msg: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
+import torch
 from tiny_task import TINY_ARM, TINY_POLICY
 
 from rtdp.cli.main import main
@@ -69,6 +71,41 @@ def test_resume_without_a_run_and_rerun_over_a_run_are_refused(capsys, tiny_data
     code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={out}", "resume=true",
                        "policy=transformer", "policy.denoiser.n_layers=1", "policy.denoiser.dim=16", "num_threads=1")
     assert code == 2 and "holds a 'unet1d' policy, not 'transformer'" in err
+
+
+def test_a_fine_tuned_run_starts_from_the_checkpoints_ema_weights_and_normaliser(capsys, tiny_data, tmp_path):
+    from rtdp.policy.loading import read_tensors, resolve_checkpoint
+
+    base = [*TINY_ARM, f"task.dataset.path={tiny_data}", *TINY_POLICY]
+    assert run(capsys, *base, f"out_dir={tmp_path / 'a'}", "training.num_steps=3")[0] == 0
+    # lr=0: one fine-tuning step leaves the weights where init_from put them
+    code, _, err = run(capsys, *base, f"out_dir={tmp_path / 'b'}", "training.num_steps=1", "policy.optim.lr=0",
+                       f"init_from={tmp_path / 'a'}", "seed=7")
+    assert code == 0, err
+    fresh = [*base, f"out_dir={tmp_path / 'c'}", "training.num_steps=1", "policy.optim.lr=0", "seed=7"]
+    assert run(capsys, *fresh)[0] == 0
+    a, b, c = (resolve_checkpoint(tmp_path / n) for n in "abc")
+    wa, wb, wc = (read_tensors(p / "model.safetensors") for p in (a, b, c))
+    for key, value in wa.items():
+        if key.startswith("ema."):
+            assert torch.equal(wb[key], value) and torch.equal(wb["model." + key[4:]], value), key
+    assert any(not torch.equal(wc[k], v) for k, v in wa.items() if k.startswith("ema."))
+    na, nb = (read_tensors(p / "normalizer.safetensors") for p in (a, b))
+    assert na.keys() == nb.keys() and all(torch.equal(na[k], nb[k]) for k in na)
+    assert json.loads((b / "train_state.json").read_text())["step"] == 1
+
+
+def test_fine_tuning_from_a_missing_or_other_policy_checkpoint_is_one_line(capsys, tiny_data, tmp_path):
+    base = [*TINY_ARM, f"task.dataset.path={tiny_data}", "training.num_steps=2", *TINY_POLICY]
+    code, _, err = run(capsys, *base, f"out_dir={tmp_path / 'b'}", f"init_from={tmp_path / 'none'}")
+    assert code == 2 and err.startswith("rtdp train: error: init_from: checkpoint") and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+    assert run(capsys, *base, f"out_dir={tmp_path / 'a'}")[0] == 0
+    code, _, err = run(capsys, *TINY_ARM, f"task.dataset.path={tiny_data}", f"out_dir={tmp_path / 'c'}",
+                       f"init_from={tmp_path / 'a'}", "policy=transformer", "policy.denoiser.n_layers=1",
+                       "policy.denoiser.dim=16", "num_threads=1")
+    assert code == 2 and "holds a 'unet1d' policy, not 'transformer'; fine-tune with policy=unet1d" in err
+    assert not (tmp_path / "c" / "checkpoints").exists()
 
 
 def test_a_scaled_gripper_is_trained_at_its_factor_and_the_rti_sampler_snaps_to_it(capsys, tiny_data, tmp_path):
