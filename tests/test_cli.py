@@ -64,14 +64,15 @@ def test_train_help_lists_what_the_registries_hold(capsys):
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_on_the_arm(tmp_path):
     """`make demo`'s job, small: collect, train briefly, eval two samplers, a 20 Hz async run over ZeroMQ, then
-    record on the real-time sim arm, train on it and deploy through the robot server."""
-    proc = subprocess.run([sys.executable, "-m", "rtdp.cli.main", "demo", "episodes=5", "minutes=0.2",
-                           "eval_episodes=2", "robot_episodes=2", "robot_minutes=0.1", "deploy_episodes=1",
+    record on the real-time sim arm, fine-tune on it and deploy through the robot server."""
+    proc = subprocess.run([sys.executable, "-m", "rtdp.cli.main", "demo", "episodes=5", "steps=30",
+                           "eval_episodes=2", "robot_episodes=2", "robot_steps=5", "deploy_episodes=1",
                            f"out={tmp_path}"], capture_output=True, text=True, check=False, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for path in ("arm_lift_dart.zarr", "train/checkpoints/last/model.safetensors", "eval_ddim10/eval.json",
                  "eval_sdp/eval.json", "run/metrics.json", "run/timing.png", "robot_demos.zarr/record.json",
                  "robot_train/checkpoints/last/model.safetensors", "deploy/metrics.json", "deploy/timing.png",
-                 "deploy/rollouts.zarr"):
+                 "deploy/rollouts.zarr", "deploy_fine_tuned/metrics.json"):
         assert (tmp_path / path).exists(), path
     assert "rtdp demo (arm-lift)" in proc.stdout and "deploy sdp @ sim-arm" in proc.stdout
+    assert "fine-tuning from" in proc.stderr + proc.stdout
