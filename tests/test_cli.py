@@ -61,6 +61,15 @@ def test_train_help_lists_what_the_registries_hold(capsys):
 
 
 
+@pytest.mark.parametrize("load, cores, threads", [(0.2, 2, 2), (1.1, 2, 1), (3.8, 2, 1), (1.0, 16, 15)])
+def test_the_demo_takes_the_cores_the_load_leaves_free_and_at_least_one(monkeypatch, load, cores, threads):
+    from rtdp.cli import demo
+
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: cores)
+    assert demo.free_cores() == threads
+
+
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_on_the_arm(tmp_path):
     """`make demo`'s job, small: collect, train briefly, eval two samplers, a 20 Hz async run over ZeroMQ, then

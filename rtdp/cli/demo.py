@@ -46,7 +46,7 @@ KEYS = {
     "robot_episodes": Key("int", 20, min=1, help="demonstrations to record on the real-time sim arm"),
     "robot_steps": Key("int", 300, min=1, help="fine-tuning steps on the recorded demonstrations"),
     "robot_minutes": Key("float", 3.0, min=0.05, help="fine-tuning wall-time cap"),
-    "deploy_episodes": Key("int", 5, min=1, help="rollouts of the deployed policy on the sim arm"),
+    "deploy_episodes": Key("int", 5, min=1, help="rollouts of each deployed policy on the sim arm"),
     "threads": Key("int", None, min=1, help="torch threads (default: the cores other jobs leave free, at least 1)"),
     "out": Key("str", "runs/demo", help="where everything lands"),
 }
