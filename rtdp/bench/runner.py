@@ -43,17 +43,18 @@ def run_suite(suite: Suite, only: list[str] | None = None, resume: bool = False,
     worker processes here; `ray`: Ray tasks on a cluster); returns {row name: status}."""
     rows = suite.select(only)
     results = suite.results
-    finished = {r.name for r in rows if stored_result(results, r) is not None}
-    if finished and not resume:
-        raise SuiteError(f"{results} already holds finished rows ({', '.join(sorted(finished))}): pass --resume "
+    stored = {r.name: rec for r in rows if (rec := stored_result(results, r)) is not None}
+    if stored and not resume:
+        raise SuiteError(f"{results} already holds finished rows ({', '.join(sorted(stored))}): pass --resume "
                          "to keep them and run the rest, or remove the folder to start over")
-    todo = [r for r in rows if r.name not in finished]
+    todo = [r for r in rows if r.name not in stored]
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
     _write_run(suite, run_id, todo)
-    status: dict[str, str] = {r.name: "done (kept)" for r in rows if r.name in finished}
+    status: dict[str, str] = {}
     for r in rows:
-        if r.name in finished:
-            _refresh_kept(results, r)
+        if r.name in stored:
+            _refresh_kept(results, r, stored[r.name])
+            status[r.name] = "done (kept)"
     todo = _checkpoints(suite, todo, status, python)
     with _Bars(progress, todo) as bars:
         if suite.executor == "ray":
@@ -66,15 +67,13 @@ def run_suite(suite: Suite, only: list[str] | None = None, resume: bool = False,
     return status
 
 
-def _refresh_kept(results: Path, row: Row) -> None:
-    """A kept row takes the suite's current presentation settings (group, baseline, target reference, ...):
-    they change how the report reads the row, not its figures, so the row is not rerun for them."""
-    path = row_paths(results, row.name)["result"]
-    rec = json.loads(path.read_text())
+def _refresh_kept(results: Path, row: Row, rec: dict[str, Any]) -> None:
+    """A kept row (its stored result `rec`) takes the suite's current presentation settings (group, baseline,
+    target reference, ...): they change how the report reads the row, not its figures, so it is not rerun."""
     now = json.loads(json.dumps({k: v for k, v in asdict(row).items() if k in SETTINGS_NOT_FIGURES}))  # as stored
     if any(rec["row"].get(k) != v for k, v in now.items()):
         rec["row"].update(now)
-        metrics.write_json(path, rec)
+        metrics.write_json(row_paths(results, row.name)["result"], rec)
 
 
 def _run_local(suite: Suite, todo: list[Row], run_id: str, bars: _Bars, python: str) -> dict[str, str]:

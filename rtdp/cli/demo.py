@@ -68,6 +68,15 @@ def _step(console: Console, title: str, argv: list[str]) -> None:
         raise CLIError(f"step '{title}' failed (exit {code}); see the message above")
 
 
+def _train_once(console: Console, title: str, run_dir: Path, overrides: list[str]) -> None:
+    """`rtdp train` into `run_dir`, or reuse the run already finished there (a rerun of the demo skips it)."""
+    if (run_dir / "checkpoints" / "last" / "model.safetensors").is_file():
+        console.rule(f"[bold]{title.split(':')[0]}")
+        console.print(f"reusing the policy trained in {run_dir} (delete it to train again)")
+        return
+    _step(console, title, ["train", *overrides, f"out_dir={run_dir}"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,22 +123,15 @@ def main(argv: list[str]) -> int:
           ["collect", "task=arm-lift", f"episodes={episodes}", f"out={data}", "seed=0", "action_noise=0.3"])
 
     train_dir = out / "train"
-    ckpt = train_dir / "checkpoints" / "last"
-    if (ckpt / "model.safetensors").is_file():
-        console.rule("[bold]3/8 train")
-        console.print(f"reusing the trained policy in {ckpt} (delete {train_dir} to train again)")
-    else:
-        _step(console, f"3/8 train: streaming U-Net, {steps} steps on the CPU (at most {minutes:g} min)",
-              ["train", *RECIPE, f"task.dataset.path={data.resolve()}", f"out_dir={train_dir}",
-               f"training.max_minutes={minutes}", f"training.num_steps={steps}", f"num_threads={threads}",
-               f"training.checkpoint_every={steps}"])
+    _train_once(console, f"3/8 train: streaming U-Net, {steps} steps on the CPU (at most {minutes:g} min)", train_dir,
+                [*RECIPE, f"task.dataset.path={data.resolve()}", f"training.max_minutes={minutes}",
+                 f"training.num_steps={steps}", f"num_threads={threads}", f"training.checkpoint_every={steps}"])
 
     results = {}
     for name, overrides in (("ddim10", ["sampler=ddim"]), ("sdp", ["sampler=sdp"])):
         _step(console, f"4/8 eval: {name}, {eval_episodes} seeded episodes",
               ["eval", "task=arm-lift", f"checkpoint={train_dir}", f"episodes={eval_episodes}", "n_envs=10",
-               f"num_threads={threads}",
-               f"out={out / f'eval_{name}'}", *overrides])
+               f"num_threads={threads}", f"out={out / f'eval_{name}'}", *overrides])
         results[name] = _summary(out / f"eval_{name}" / "eval.json")
 
     port = _free_port()
@@ -148,14 +150,11 @@ def main(argv: list[str]) -> int:
     _step(console, f"6/8 record: {args['robot_episodes']} demonstrations on the real-time sim arm, scripted device",
           ["record", "robot=sim-arm", "device=scripted", f"out={robot_data}", f"episodes={args['robot_episodes']}",
            "auto=true", "operator=none", "noise=0.3", "seed=1000"])
-    if (robot_train / "checkpoints" / "last" / "model.safetensors").is_file():
-        console.rule("[bold]7/8 fine-tune")
-        console.print(f"reusing the fine-tuned policy in {robot_train} (delete it to train again)")
-    else:
-        _step(console, f"7/8 fine-tune: the step-3 policy on the recordings, {args['robot_steps']} steps",
-              ["train", *RECIPE, *FINE_TUNE, f"task.dataset.path={robot_data.resolve()}", f"out_dir={robot_train}",
-               f"init_from={train_dir}", f"training.max_minutes={args['robot_minutes']}", f"num_threads={threads}",
-               f"training.num_steps={args['robot_steps']}", f"training.checkpoint_every={args['robot_steps']}"])
+    _train_once(console, f"7/8 fine-tune: the step-3 policy on the recordings, {args['robot_steps']} steps",
+                robot_train,
+                [*RECIPE, *FINE_TUNE, f"task.dataset.path={robot_data.resolve()}", f"init_from={train_dir}",
+                 f"training.max_minutes={args['robot_minutes']}", f"num_threads={threads}",
+                 f"training.num_steps={args['robot_steps']}", f"training.checkpoint_every={args['robot_steps']}"])
     deploys = {}
     for name, ckpt_dir, sub in (("deploy sdp @ sim-arm", train_dir, "deploy"),
                                 ("deploy sdp, fine-tuned @ sim-arm", robot_train, "deploy_fine_tuned")):

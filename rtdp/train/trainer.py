@@ -290,9 +290,7 @@ class Trainer:
 
     def _resume(self) -> None:
         ckpt = resolve_checkpoint(self.out_dir)
-        verify_checkpoint(ckpt)
-        self._check_same_policy(ckpt, "resume")
-        weights = read_tensors(ckpt / "model.safetensors")
+        weights = self._open(ckpt, "resume")
         name = str(self.cfg.policy.get("name"))
         load_weights(self.policy, {k[6:]: v for k, v in weights.items() if k.startswith("model.")}, "model", name)
         load_weights(self.ema.averaged, {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}, "EMA", name)
@@ -309,30 +307,34 @@ class Trainer:
         optimizer_from_tensors(self.optimizer, {k: v.to(self.device) for k, v in tensors.items()
                                                 if k.startswith("state.")}, state["param_groups"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.normalizer = Normalizer.from_state_dict(read_tensors(ckpt / "normalizer.safetensors"))
-        self.policy.normalizer = self.ema.averaged.normalizer = self.normalizer
-        self.train_ds.normalizer = self.normalizer
+        self._use_normalizer(Normalizer.from_state_dict(read_tensors(ckpt / "normalizer.safetensors")))
         self.step, self.ema.optimization_step = steps
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         self.history = list(state.get("history", []))
         _set_rng_state(self.generator, tensors)
         self.log(f"resumed from {ckpt} at step {self.step}")
 
-    def _check_same_policy(self, ckpt: Path, verb: str) -> None:
+    def _open(self, ckpt: Path, verb: str) -> dict[str, torch.Tensor]:
+        """A checkpoint's weights (`model.*`, `ema.*`), once its files are verified and it holds this run's policy
+        type; `verb` (resume, fine-tune) says in the refusal what to do."""
+        verify_checkpoint(ckpt)
         saved = load_config(ckpt)
         if saved.policy.get("name") != self.cfg.policy.get("name") or \
                 saved.policy.denoiser.get("type") != self.cfg.policy.denoiser.get("type"):
             raise CheckpointError(f"{ckpt} holds a {saved.policy.get('name')!r} policy, not "
                                   f"{self.cfg.policy.get('name')!r}; {verb} with policy={saved.policy.get('name')}")
+        return read_tensors(ckpt / "model.safetensors")
+
+    def _use_normalizer(self, normalizer: Normalizer) -> None:
+        """Normalise with `normalizer` everywhere this run does: the policy, its EMA copy and the dataset."""
+        self.normalizer = normalizer
+        self.policy.normalizer = self.ema.averaged.normalizer = self.train_ds.normalizer = normalizer
 
     def _init_from(self, path: str) -> None:
         """Fine-tuning: start from another run's EMA weights and normaliser, with a fresh optimiser, schedule and
         step count. The normaliser comes with the weights, since they only make sense in its units."""
         ckpt = resolve_checkpoint(path)
-        verify_checkpoint(ckpt)
-        self._check_same_policy(ckpt, "fine-tune")
-        weights = read_tensors(ckpt / "model.safetensors")
-        ema = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
+        ema = {k[4:]: v for k, v in self._open(ckpt, "fine-tune").items() if k.startswith("ema.")}
         name = str(self.cfg.policy.get("name"))
         load_weights(self.policy, ema, "EMA", name)
         load_weights(self.ema.averaged, ema, "EMA", name)
@@ -340,11 +342,8 @@ class Trainer:
         theirs, ours = _shapes(normalizer), _shapes(self.normalizer)
         if theirs != ours:
             raise CheckpointError(f"init_from={path}: the checkpoint normalises {theirs}, this dataset has {ours}; "
-                                  "fine-tune on data with the checkpoint's "
-                                  "observation and action keys and sizes")
-        self.normalizer = normalizer
-        self.policy.normalizer = self.ema.averaged.normalizer = self.normalizer
-        self.train_ds.normalizer = self.normalizer
+                                  "fine-tune on data with the checkpoint's observation and action keys and sizes")
+        self._use_normalizer(normalizer)
         self.log(f"fine-tuning from {ckpt}: its EMA weights and normaliser, a fresh optimiser, step 0")
 
     # -------------------------------------------------------------------------------------- pieces
