@@ -21,6 +21,9 @@ seam ≤ 1/3 of naive async, and its success ≥ 95% of synchronous DDIM-10; and
 
     .venv/bin/python benchmarks/rtc.py                                    # everything, default checkpoints
     .venv/bin/python benchmarks/rtc.py --tasks pusht --episodes 2 --max-steps 60 --out /tmp/rtc.json   # a smoke run
+
+Tuning: `--variant NAME=METHOD:key=value,...` adds a method NAME that runs METHOD with extra sampler overrides
+(`--variant guided_b100=rtc_guided:sampler.beta=100`); tune on other seeds (`--seed`) than the ones reported.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rtdp import metrics
-from rtdp.metrics import score_summary
+from rtdp.metrics import paired_ratio_interval, score_summary
 
 TASKS = {  # benchmark task -> (env id, default checkpoint, episode limit)
     "pusht": ("pusht", "runs/streaming/pusht_sdp_unet", 300),
@@ -59,7 +62,18 @@ METHODS: dict[str, tuple[list[str], str]] = {  # method -> (checkpoint overrides
     "rti": (["sampler=rti"], "naive"),
 }
 DELAYS = (0, 1, 2, 3, 4)
-RTC_METHODS = ("rtc_guided", "rtc_inpaint", "rtc_inpaint_soft")
+
+
+def add_variant(spec: str) -> str:
+    """Register `NAME=METHOD:key=value,...` as a method: METHOD's overrides plus these, same execution scheme."""
+    name, sep, rest = spec.partition("=")
+    method, colon, extra = rest.partition(":")
+    if not sep or not colon or not name or method not in METHODS or name in METHODS:
+        raise ValueError(f"--variant {spec!r}: want NAME=METHOD:key=value,... with METHOD one of "
+                         f"{', '.join(METHODS)} and a NAME not taken")
+    overrides, execution = METHODS[method]
+    METHODS[name] = ([*overrides, *[kv for kv in extra.split(",") if kv]], execution)
+    return name
 
 
 def cell_settings(task: str, method: str, delay: int, ckpt: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -91,6 +105,8 @@ def run_cell(policy: Any, env_id: str, settings: dict[str, Any], args: argparse.
     timing = time_inference(policy, env_id, n_calls=settings["timing_calls"], seed=settings["seed"],
                             obs_mode=obs_mode, delay=d, execution=execution)  # episodes at the task's length
     return {"settings": settings, "sampler": policy.sampler.describe(), **score_summary(rec["episodes"]),
+            "episode_scores": [float(e.get("max_coverage", e["success"]))  # in seed order, for paired ratios
+                               for e in sorted(rec["episodes"], key=lambda e: e["seed"])],
             "seams": s["seams"], "nfe_per_action": s["nfe_per_action"], "vjp_per_action": s.get("vjp_per_action", 0.0),
             "actions_per_plan": s["actions_per_plan"], "timing": timing,
             "wall_ms_per_step": timing["wall_ms_per_step"], "nfe_per_step": timing["nfe_per_step"],
@@ -105,6 +121,13 @@ def score_of(cell: dict[str, Any]) -> float | None:
     return cell.get("mean_max_coverage", cell["success_rate"])
 
 
+def paired_scores(cell: dict[str, Any], ref: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """Per-episode scores of two cells that ran the same seeds (episode i on seed + i), else None."""
+    a, b = cell.get("episode_scores"), ref.get("episode_scores")
+    same = all(cell["settings"][k] == ref["settings"][k] for k in ("seed", "episodes", "max_steps"))
+    return (a, b) if a and b and same and len(a) == len(b) else None
+
+
 def check_targets(cells: dict[str, dict[str, Any]], task: str, delays: list[int]) -> dict[str, Any]:
     """The issue's targets for one task: RTC's seam at d = 3 against naive async, its score against synchronous
     DDIM-10 (naive at d = 0), and per method the first delay whose score falls below 95% of that."""
@@ -116,7 +139,7 @@ def check_targets(cells: dict[str, dict[str, Any]], task: str, delays: list[int]
     ref_score = score_of(ref) if ref else None
     out["reference_score"] = ref_score
     naive3 = cell("naive", 3)
-    for m in RTC_METHODS:
+    for m in [m for m in METHODS if any(o == "sampler=rtc" for o in METHODS[m][0])]:
         c = cell(m, 3)
         if c is None or "error" in c or naive3 is None or "error" in naive3:
             continue
@@ -127,6 +150,11 @@ def check_targets(cells: dict[str, dict[str, Any]], task: str, delays: list[int]
         if ref_score:
             entry["score_ratio_vs_sync_ddim"] = score_of(c) / ref_score
             entry["score_ge_95pct"] = entry["score_ratio_vs_sync_ddim"] >= 0.95
+            paired = paired_scores(c, ref)
+            if paired is not None:  # the same seeds: a paired interval of the ratio
+                _, lo, hi = paired_ratio_interval(*paired)
+                entry["score_ratio_ci95_paired"] = [lo, hi]
+                entry["score_ge_95pct_beyond_noise"] = lo >= 0.95
         out[m] = entry
     if ref_score:
         out["breaks_at"] = {}
@@ -146,7 +174,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = rec["tasks"]
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 3.8 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 4, figsize=(20, 3.8 * len(tasks)), squeeze=False)
     for row, task in zip(axes, tasks):
         cells = rec["cells"]
         for m in METHODS:
@@ -161,9 +189,22 @@ def plot(rec: dict[str, Any], png: Path) -> None:
             row[0].errorbar(ds, score, yerr=np.abs(ci - score), marker="o", capsize=3, label=m)
             row[1].plot(ds, [c["seams"]["seam_mean"] for _, c in pts], marker="o", label=m)
             row[2].plot(ds, [c["wall_ms_per_step"] for _, c in pts], marker="o", label=m)
+            at3 = [c for d, c in pts if d == 3]
+            if at3:  # the trade-off at the issue's delay: agreement with the old plan against task score
+                sc = score_of(at3[0])
+                row[3].errorbar([at3[0]["seams"]["seam_mean"]], [sc], yerr=np.abs(np.array(at3[0][ci_key]) - sc)[:, None],
+                                marker="o", capsize=3, label=m)
         ref = rec["targets"].get(task, {}).get("reference_score")
         if ref:
             row[0].axhline(0.95 * ref, color="k", ls=":", lw=0.8, label="95% of sync DDIM-10")
+        naive3 = cells.get(f"{task}/naive/d3")
+        if naive3 and "error" not in naive3:
+            row[3].axvline(naive3["seams"]["seam_mean"] / 3, color="k", ls=":", lw=0.8, label="1/3 of naive's seam")
+        if ref:
+            row[3].axhline(0.95 * ref, color="k", ls="--", lw=0.8, label="95% of sync DDIM-10")
+        row[3].set_xlabel("seam: mean |a_t - a_t-1| at chunk boundaries, d = 3")
+        row[3].set_ylabel("task score at d = 3")
+        row[3].legend(fontsize=7)
         row[0].set_ylim(-0.02, 1.05)
         row[0].set_ylabel("mean max coverage" if task == "pusht" else "success rate")
         row[0].set_title(f"{task}: task score ({rec['episodes']} episodes per cell)")
@@ -171,7 +212,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
         row[1].set_yscale("log")
         row[2].set_ylabel("inference wall ms per control step (batch 1)")
         row[2].set_yscale("log")
-        for ax in row:
+        for ax in row[:3]:
             ax.set_xlabel("delay d (control steps)")
             ax.set_xticks(rec["delays"])
         row[0].legend(fontsize=7)
@@ -187,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--pusht-ckpt", default=TASKS["pusht"][1])
     ap.add_argument("--arm-ckpt", default=TASKS["arm"][1])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD:k=v,...",
+                    help="a tuned method: METHOD's overrides plus these (repeatable)")
+    ap.add_argument("--methods", nargs="+", default=None, help=f"methods to run (default: {' '.join(METHODS)})")
     ap.add_argument("--delays", nargs="+", type=int, default=list(DELAYS))
     ap.add_argument("--episodes", type=int, default=50, help="seeded episodes per cell")
     ap.add_argument("--seed", type=int, default=100000)
@@ -198,6 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="rerun cells already in --out")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rtc.json"))
     args = ap.parse_args(argv)
+    try:
+        variants = [add_variant(v) for v in args.variant]
+    except ValueError as err:
+        print(f"[rtc] {err}", file=sys.stderr)
+        return 2
+    args.methods = args.methods or [m for m in METHODS if m not in variants] + variants
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        print(f"[rtc] unknown method(s) {unknown}: choose from {', '.join(METHODS)} or add one with --variant",
+              file=sys.stderr)
+        return 2
     os.environ.setdefault("MUJOCO_GL", "egl")
     torch.set_num_threads(args.threads)
     from rtdp.policy.loading import load_policy
@@ -219,9 +273,9 @@ def main(argv: list[str] | None = None) -> int:
             cells.update(json.loads(out.read_text()).get("cells", {}))
             cells.update(mine)
         tasks = sorted({k.split("/")[0] for k in cells})
-        rec = metrics.record("rtc_benchmark", cells=cells, tasks=tasks, delays=sorted(
-            {c["settings"]["delay"] for c in cells.values()}), episodes=args.episodes,
-            targets={t: check_targets(cells, t, list(args.delays)) for t in tasks},
+        delays = sorted({c["settings"]["delay"] for c in cells.values()})  # every delay stored, not only this run's
+        rec = metrics.record("rtc_benchmark", cells=cells, tasks=tasks, delays=delays, episodes=args.episodes,
+            targets={t: check_targets(cells, t, delays) for t in tasks},
             notes=["same weights for every method of a task (policy=sdp_unet)",
                    "naive/blend/ensemble/rtc_*: DDIM-10 plans executing s = 8 actions; sdp/rti: their own layout",
                    "wall times: batch-1 timing runs on a shared CPU, noisy; the guided variant's backward counts",

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -20,7 +21,7 @@ from rtdp.bench.runner import row_paths, run_suite
 from rtdp.bench.suite import SuiteError, load_suite
 from rtdp.cli.main import main as rtdp_main
 from rtdp.datasets import ReplayBuffer
-from rtdp.metrics import ratio_interval, wilson_interval
+from rtdp.metrics import paired_ratio_interval, ratio_interval, wilson_interval
 
 REPO = Path(__file__).resolve().parents[2]
 OBS = {"keypoint": {"source": "keypoint"}, "agent_pos": {"source": "state", "columns": [0, 2]}}
@@ -59,6 +60,20 @@ def test_ratio_interval_is_katzs_log_interval_and_stays_finite_at_zero():
     assert 0 < lo < r < hi < 1
     with pytest.raises(ValueError, match="n >= 1"):
         ratio_interval(1, 0, 1, 5)
+
+
+def test_the_paired_ratio_interval_is_tighter_than_independent_ones_when_seeds_share_their_difficulty():
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0.2, 1.0, 50)  # what a seed does to every method alike
+    reference, scores = difficulty, np.clip(0.9 * difficulty + rng.normal(0, 0.02, 50), 0, 1)
+    ratio, lo, hi = paired_ratio_interval(scores, reference)
+    assert ratio == pytest.approx(scores.mean() / reference.mean())
+    assert lo < ratio < hi < 0.95  # 0.9x is told apart from 0.95x on 50 paired seeds
+    shuffled = paired_ratio_interval(scores, rng.permutation(reference))  # the pairing broken: much wider
+    assert shuffled[2] - shuffled[1] > 3 * (hi - lo)
+    assert paired_ratio_interval(reference, reference) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="one length"):
+        paired_ratio_interval(scores[:10], reference)
 
 
 @pytest.mark.parametrize("change, message", [
