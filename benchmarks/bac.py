@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rtdp import metrics
-from rtdp.metrics import paired_ratio_interval, score_summary
+from rtdp.metrics import episode_scores, paired_ratio_interval, score_summary, task_score
 from rtdp.obs_window import ObsWindow
 from rtdp.types import PlanContext
 
@@ -167,23 +167,17 @@ def run_row(task: str, ckpt: str, name: str, overrides: list[str], cache: str | 
     ev = rec["summary"]
     entry.update({"sampler": policy.sampler.describe(), "episodes": args.episodes, "seed": args.seed,
                   "max_steps": max_steps, **score_summary(rec["episodes"]), "nfe_per_action": ev["nfe_per_action"],
-                  "episode_scores": [float(e.get("max_coverage", e["success"]))  # in seed order, for paired ratios
-                                     for e in sorted(rec["episodes"], key=lambda e: e["seed"])],
+                  "episode_scores": episode_scores(rec["episodes"]),
                   "eval_wall_s": ev["wall_s"]})
     for key in ("block_evals_per_plan", "block_evals_uncached_per_plan"):
         if key in ev:
             entry[f"eval_{key}"] = ev[key]
     entry.update(chunk_timing(policy, env_id, obs_mode, args.timing_calls, args.seed))
     entry["wall_s"] = time.perf_counter() - t0
-    print(f"[bac] {task}/{name}: score {score_of(entry):.3f}, success {entry['success_rate']:.2f}, chunk p50 "
+    print(f"[bac] {task}/{name}: score {task_score(entry):.3f}, success {entry['success_rate']:.2f}, chunk p50 "
           f"{entry['per_chunk']['p50_ms']:.1f} ms, blocks/chunk {entry.get('block_evals_per_chunk')}",
           file=sys.stderr, flush=True)
     return entry
-
-
-def score_of(row: dict[str, Any]) -> float:
-    """The task score a row is judged by: PushT's mean max-coverage (its success is rare), else the success rate."""
-    return row.get("mean_max_coverage", row["success_rate"])
 
 
 def check_targets(res: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +193,7 @@ def check_targets(res: dict[str, Any]) -> dict[str, Any]:
         cmp = {}
         for k, v in rows_.items():
             ratio = base["per_chunk"]["p50_ms"] / max(v["per_chunk"]["p50_ms"], 1e-9)
-            rel = score_of(v) / score_of(base) if score_of(base) > 0 else None
+            rel = task_score(v) / task_score(base) if task_score(base) > 0 else None
             cmp[k] = {"speedup_p50": ratio, "score": "mean_max_coverage" if "mean_max_coverage" in v else
                       "success_rate", "success_vs_uncached": rel,
                       "meets": bool(ratio >= speed and rel is not None and rel >= 0.95)}
@@ -223,7 +217,7 @@ def plot(rec: dict[str, Any], png: Path) -> None:
     for ax, (task, res) in zip(axes[0], tasks.items()):
         for name, row in res["rows"].items():
             lo, hi = row.get("coverage_ci95", row["success_ci95"])
-            x, y = row["per_chunk"]["p50_ms"], score_of(row)
+            x, y = row["per_chunk"]["p50_ms"], task_score(row)
             ax.errorbar(x, y, yerr=[[y - lo], [hi - y]], fmt="o" if "_bac_" not in name else "s", capsize=3)
             ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
@@ -271,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks: dict[str, Any] = dict(rec.get("tasks", {}))
 
     def save() -> dict[str, Any]:
+        for res in tasks.values():  # every row's targets, those kept from an earlier run included
+            res["targets"] = check_targets(res["rows"])
         new = metrics.record("bac_benchmark", tasks=tasks, notes=[
             "same weights for every row of a task (policy=transformer; the SDP experiment: policy=sdp_transformer)",
             "per_chunk: batch-1 wall time of a plan after the episode's start-up call",
@@ -303,9 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             res["rows"][name] = {**run_row(task, path, name, overrides, cache, calib, args),
                                  "loadavg_after": list(os.getloadavg())}
-            res["targets"] = check_targets(res["rows"])
             save()
-        res["targets"] = check_targets(res["rows"])  # also for rows kept from an earlier run
     new = save()
     plot(new, out.with_suffix(".png"))
     print(json.dumps({t: r.get("targets") for t, r in tasks.items()}, indent=2))

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rtdp import metrics
-from rtdp.metrics import paired_ratio_interval, score_summary
+from rtdp.metrics import episode_scores, paired_ratio_interval, score_summary, task_score
 
 TASKS = {  # benchmark task -> (env id, default checkpoint, episode limit)
     "pusht": ("pusht", "runs/streaming/pusht_sdp_unet", 300),
@@ -105,8 +105,7 @@ def run_cell(policy: Any, env_id: str, settings: dict[str, Any], args: argparse.
     timing = time_inference(policy, env_id, n_calls=settings["timing_calls"], seed=settings["seed"],
                             obs_mode=obs_mode, delay=d, execution=execution)  # episodes at the task's length
     return {"settings": settings, "sampler": policy.sampler.describe(), **score_summary(rec["episodes"]),
-            "episode_scores": [float(e.get("max_coverage", e["success"]))  # in seed order, for paired ratios
-                               for e in sorted(rec["episodes"], key=lambda e: e["seed"])],
+            "episode_scores": episode_scores(rec["episodes"]),
             "seams": s["seams"], "nfe_per_action": s["nfe_per_action"], "vjp_per_action": s.get("vjp_per_action", 0.0),
             "actions_per_plan": s["actions_per_plan"], "timing": timing,
             "wall_ms_per_step": timing["wall_ms_per_step"], "nfe_per_step": timing["nfe_per_step"],
@@ -118,7 +117,7 @@ def score_of(cell: dict[str, Any]) -> float | None:
     """The task score a cell is judged by: PushT's mean max-coverage, else the success rate."""
     if "error" in cell:
         return None
-    return cell.get("mean_max_coverage", cell["success_rate"])
+    return task_score(cell)
 
 
 def paired_scores(cell: dict[str, Any], ref: dict[str, Any]) -> tuple[list[float], list[float]] | None:

@@ -85,6 +85,17 @@ def mean_interval(values: np.ndarray | list[float], confidence: float = 0.95) ->
     return (float(x.mean()) - half, float(x.mean()) + half)
 
 
+def task_score(summary: dict[str, Any]) -> float:
+    """The score a result is judged by: PushT's mean max-coverage where it has one (success is rare there), else
+    the success rate."""
+    return summary.get("mean_max_coverage", summary["success_rate"])
+
+
+def episode_scores(episodes: list[dict[str, Any]]) -> list[float]:
+    """Each episode's score (max coverage, else success as 0/1) in seed order, to pair two results seed by seed."""
+    return [float(e.get("max_coverage", e["success"])) for e in sorted(episodes, key=lambda e: e["seed"])]
+
+
 def score_summary(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """Success rate with its Wilson 95% interval (and mean max-coverage with a t interval where episodes carry
     it), from per-episode records of `rtdp.envs.evaluate`."""
