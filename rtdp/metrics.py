@@ -50,25 +50,28 @@ def ratio_interval(k1: int, n1: int, k0: int, n0: int, confidence: float = 0.95)
 
 
 def paired_ratio_interval(scores: np.ndarray | list[float], reference: np.ndarray | list[float],
-                          confidence: float = 0.95, resamples: int = 9999, seed: int = 0) -> tuple[float, float, float]:
+                          confidence: float = 0.95, resamples: int = 9999, seed: int = 0,
+                          paired: bool = True) -> tuple[float, float, float]:
     """The ratio of two mean scores measured on the same seeds (episode i of each ran seed i), with a paired
     bootstrap interval (scipy's `bootstrap`, BCa): the shared seed's difficulty cancels, so it is tighter than two
-    independent intervals. Returns (ratio, low, high)."""
+    independent intervals. `paired=False` resamples the two independently (different seeds, any lengths).
+    Returns (ratio, low, high)."""
     from scipy.stats import bootstrap
 
     a, b = np.asarray(scores, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
-        raise ValueError(f"paired scores need two 1-D samples of one length >= 2, got {a.shape} and {b.shape}")
+    if a.ndim != 1 or b.ndim != 1 or min(a.size, b.size) < 2 or (paired and a.shape != b.shape):
+        raise ValueError(f"{'paired ' if paired else ''}scores need two 1-D samples of "
+                         f"{'one length' if paired else 'lengths'} >= 2, got {a.shape} and {b.shape}")
     if not b.mean() > 0:
         raise ValueError("the reference's mean score is 0: the ratio is undefined")
     ratio = float(a.mean() / b.mean())
-    if np.array_equal(a, b):
+    if paired and np.array_equal(a, b):
         return ratio, ratio, ratio
 
     def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return x.mean(axis=axis) / np.maximum(y.mean(axis=axis), 1e-12)
 
-    ci = bootstrap((a, b), stat, paired=True, vectorized=True, confidence_level=confidence, n_resamples=resamples,
+    ci = bootstrap((a, b), stat, paired=paired, vectorized=True, confidence_level=confidence, n_resamples=resamples,
                    method="BCa", rng=np.random.default_rng(seed)).confidence_interval
     return ratio, float(ci.low), float(ci.high)
 
