@@ -36,4 +36,5 @@ def test_each_committed_suite_loads_and_its_rows_overrides_apply_to_their_checkp
 
 def test_the_suites_are_the_ones_the_docs_name():
     names = {p.stem for p in SUITES}
-    assert {"pusht_keypoints", "lerobot_pusht", "arm_lift", "arm_lift_rti_gripper", "robosuite_lift"} <= names
+    assert {"pusht_keypoints", "pusht_image", "lerobot_pusht", "arm_lift", "arm_lift_rti_gripper", "robosuite_lift",
+            "metaworld_mt10"} <= names
