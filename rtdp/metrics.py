@@ -59,9 +59,10 @@ def paired_ratio_interval(scores: np.ndarray | list[float], reference: np.ndarra
     from scipy.stats import bootstrap
 
     a, b = np.asarray(scores, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if a.ndim != 1 or b.ndim != 1 or min(a.size, b.size) < 2 or (paired and a.shape != b.shape):
-        raise ValueError(f"{'paired ' if paired else ''}scores need two 1-D samples of "
-                         f"{'one length' if paired else 'lengths'} >= 2, got {a.shape} and {b.shape}")
+    if a.ndim != 1 or b.ndim != 1 or min(a.size, b.size) < 2:
+        raise ValueError(f"scores need two 1-D samples of length >= 2, got {a.shape} and {b.shape}")
+    if paired and a.shape != b.shape:
+        raise ValueError(f"paired scores need one length (one score per shared seed), got {a.shape} and {b.shape}")
     if not b.mean() > 0:
         raise ValueError("the reference's mean score is 0: the ratio is undefined")
     ratio = float(a.mean() / b.mean())
